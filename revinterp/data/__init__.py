@@ -1,0 +1,33 @@
+"""Facts, splits, tokenizer and token tensors: the first stage of the pipeline (knows no model)."""
+
+from revinterp.data.encoding import EncodedStatements, encode_statements
+from revinterp.data.fact_files import FactFileError, load_fact_file
+from revinterp.data.facts import (
+    CHAIN_COMPOSED_HELD_OUT,
+    CHAIN_COMPOSED_SEEN,
+    CHAIN_FIRST_HOP,
+    CHAIN_SECOND_HOP,
+    FORWARD_HELD_OUT,
+    FORWARD_ONLY,
+    FORWARD_SEEN,
+    HELD_OUT_DIRECTIONS,
+    REVERSE_HELD_OUT,
+    REVERSE_ONLY,
+    REVERSE_SEEN,
+    SPLITS,
+    FactSet,
+    Relation,
+    Statement,
+    split_facts,
+)
+from revinterp.data.generators import chain_experiment, seed_experiment
+from revinterp.data.tokenizer import UnknownWordError, build_tokenizer, load_tokenizer, save_tokenizer
+
+__all__ = [
+    "CHAIN_COMPOSED_HELD_OUT", "CHAIN_COMPOSED_SEEN", "CHAIN_FIRST_HOP", "CHAIN_SECOND_HOP",
+    "FORWARD_HELD_OUT", "FORWARD_ONLY", "FORWARD_SEEN", "HELD_OUT_DIRECTIONS", "REVERSE_HELD_OUT",
+    "REVERSE_ONLY", "REVERSE_SEEN", "SPLITS", "EncodedStatements", "FactFileError", "FactSet",
+    "Relation", "Statement", "UnknownWordError", "build_tokenizer", "chain_experiment",
+    "encode_statements", "load_fact_file", "load_tokenizer", "save_tokenizer", "seed_experiment",
+    "split_facts",
+]

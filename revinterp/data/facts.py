@@ -1,0 +1,262 @@
+"""Relational facts, the statements that express them, and the named splits.
+
+A *fact* relates two entities, ``A_i parent_of B_i``. It is expressed by two *statements*: the
+forward one (``A_i parent_of B_i``) and the reverse one through the inverse relation
+(``B_i child_of A_i``). A model reads a statement's prompt (subject and relation) and must
+produce its answer (the object). Which statements are trained and which are held out is the
+*split* each statement belongs to; splits are addressed by name (see :data:`SPLITS`).
+
+The split machinery follows the seed experiment of Zhu et al. (2024), "Towards a Theoretical
+Understanding of the 'Reversal Curse' via Training Dynamics": a fraction of the facts is trained in
+both directions, and for every other fact one direction is trained and the other held out.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from revinterp.io import atomic_write_text
+
+MANIFEST_VERSION = 1
+
+# Split names. Each statement belongs to exactly one of them.
+FORWARD_SEEN = "forward_seen"  # forward statement of a fact trained both ways
+REVERSE_SEEN = "reverse_seen"  # reverse statement of a fact trained both ways
+FORWARD_ONLY = "forward_only"  # forward statement trained, its reverse held out
+REVERSE_HELD_OUT = "reverse_held_out"  # reverse statement held out, its forward trained
+REVERSE_ONLY = "reverse_only"  # reverse statement trained, its forward held out
+FORWARD_HELD_OUT = "forward_held_out"  # forward statement held out, its reverse trained
+CHAIN_FIRST_HOP = "chain_first_hop"  # x -> y
+CHAIN_SECOND_HOP = "chain_second_hop"  # y -> z
+CHAIN_COMPOSED_SEEN = "chain_composed_seen"  # x ~> z, trained
+CHAIN_COMPOSED_HELD_OUT = "chain_composed_held_out"  # x ~> z, held out
+
+SPLITS: dict[str, bool] = {
+    # name: trained?
+    FORWARD_SEEN: True,
+    REVERSE_SEEN: True,
+    FORWARD_ONLY: True,
+    REVERSE_HELD_OUT: False,
+    REVERSE_ONLY: True,
+    FORWARD_HELD_OUT: False,
+    CHAIN_FIRST_HOP: True,
+    CHAIN_SECOND_HOP: True,
+    CHAIN_COMPOSED_SEEN: True,
+    CHAIN_COMPOSED_HELD_OUT: False,
+}
+"""Every split name, mapped to whether its statements are in the training data."""
+
+HELD_OUT_DIRECTIONS = ("random", "forward", "reverse")
+"""Which direction of a one-way fact is trained: chosen at random per fact (the seed), always the
+forward one (reverse held out), or always the reverse one (forward held out)."""
+
+
+@dataclass(frozen=True)
+class Relation:
+    """A named relation, its inverse, and how a statement with it reads.
+
+    ``template`` holds ``{subject}`` and ``{object}``; the object must come last, since the model
+    answers by continuing the prompt. ``inverse`` is the name of the inverse relation, or ``None``
+    for a relation that has none (the composed relation of the chain data).
+    """
+
+    name: str
+    inverse: str | None
+    template: str
+
+    def __post_init__(self):
+        if not self.name or any(c.isspace() for c in self.name):
+            raise ValueError(f"relation name {self.name!r}: expected a non-empty name without spaces")
+        head, sep, tail = self.template.partition("{object}")
+        if not sep or tail.strip() or "{subject}" not in head:
+            raise ValueError(
+                f"template {self.template!r} of relation {self.name!r}: expected '{{subject}}' "
+                "somewhere and '{object}' at the very end"
+            )
+
+    def prompt_words(self, subject: str) -> list[str]:
+        """The words of the prompt for ``subject``, up to (not including) the object."""
+        return self.template.partition("{object}")[0].format(subject=subject).split()
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One trainable or held-out sentence: ``subject relation object``.
+
+    ``fact`` indexes the fact the statement expresses (both directions of a fact share it);
+    ``direction`` is ``"forward"``, ``"reverse"`` or ``"composed"`` (chain data).
+    """
+
+    subject: str
+    relation: str
+    object: str
+    fact: int
+    direction: str
+    split: str
+
+    @property
+    def trained(self) -> bool:
+        return SPLITS[self.split]
+
+
+@dataclass(frozen=True)
+class FactSet:
+    """A whole data set: relations, statements with their splits, and how it was made.
+
+    Deterministic from ``source`` (generator name, parameters and seed) for generated sets. Saved
+    as a JSON manifest beside a trained model (:meth:`save`, :meth:`load`).
+
+    Example:
+        >>> from revinterp.data import seed_experiment
+        >>> facts = seed_experiment(n_pairs=20, seed=0)
+        >>> len(facts.split("forward_seen")) + len(facts.split("forward_only")) > 0
+        True
+    """
+
+    relations: dict[str, Relation]
+    statements: tuple[Statement, ...]
+    source: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        for s in self.statements:
+            if s.split not in SPLITS:
+                raise ValueError(f"statement {s}: unknown split {s.split!r}; expected one of {list(SPLITS)}")
+            if s.relation not in self.relations:
+                raise ValueError(f"statement {s}: relation {s.relation!r} is not declared")
+
+    # -- addressing -------------------------------------------------------------------------
+    @property
+    def split_names(self) -> list[str]:
+        """The splits that hold at least one statement, in :data:`SPLITS` order."""
+        present = {s.split for s in self.statements}
+        return [name for name in SPLITS if name in present]
+
+    def split(self, name: str) -> tuple[Statement, ...]:
+        """The statements of split ``name``; ``"train"`` and ``"held_out"`` give the unions."""
+        if name == "train":
+            return tuple(s for s in self.statements if s.trained)
+        if name == "held_out":
+            return tuple(s for s in self.statements if not s.trained)
+        if name not in SPLITS:
+            raise KeyError(f"unknown split {name!r}; expected 'train', 'held_out' or one of {list(SPLITS)}")
+        return tuple(s for s in self.statements if s.split == name)
+
+    @property
+    def train(self) -> tuple[Statement, ...]:
+        return self.split("train")
+
+    def candidates(self, relation: str) -> list[str]:
+        """The answer candidates for a question through ``relation``: every entity that is the
+        object of some statement with that relation, trained or not (the M of chance = 1/M)."""
+        return sorted({s.object for s in self.statements if s.relation == relation})
+
+    def prompt_words(self, statement: Statement) -> list[str]:
+        return self.relations[statement.relation].prompt_words(statement.subject)
+
+    def text(self, statement: Statement) -> str:
+        """The whole statement as text, e.g. ``"a17 -> b3"``."""
+        return " ".join([*self.prompt_words(statement), *statement.object.split()])
+
+    def vocabulary(self) -> list[str]:
+        """Every word the statements use, sorted (entity tokens, relation and template words)."""
+        words: set[str] = set()
+        for s in self.statements:
+            words.update(self.text(s).split())
+        return sorted(words)
+
+    # -- persistence ------------------------------------------------------------------------
+    def to_manifest(self) -> dict:
+        return {
+            "manifest_version": MANIFEST_VERSION,
+            "source": self.source,
+            "relations": [asdict(r) for r in self.relations.values()],
+            "statements": [asdict(s) for s in self.statements],
+        }
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> FactSet:
+        version = manifest.get("manifest_version")
+        if version != MANIFEST_VERSION:
+            raise ValueError(f"fact manifest version {version!r}: expected {MANIFEST_VERSION}")
+        relations = {r["name"]: Relation(**r) for r in manifest["relations"]}
+        statements = tuple(Statement(**s) for s in manifest["statements"])
+        return cls(relations=relations, statements=statements, source=manifest.get("source", {}))
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_text(Path(path), json.dumps(self.to_manifest(), indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> FactSet:
+        path = Path(path)
+        try:
+            manifest = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"fact manifest {path}: not valid JSON ({e})") from None
+        return cls.from_manifest(manifest)
+
+
+def split_facts(
+    facts: Sequence[tuple[str, str, str]],
+    relations: dict[str, Relation],
+    *,
+    both_fraction: float = 0.7,
+    held_out_direction: str = "random",
+    seed: int = 0,
+) -> tuple[Statement, ...]:
+    """Turn facts ``(subject, relation, object)`` into forward and reverse statements with splits.
+
+    A random ``both_fraction`` of the facts is trained in both directions; for every other fact one
+    direction is trained and the other held out, as ``held_out_direction`` says (see
+    :data:`HELD_OUT_DIRECTIONS`). Facts whose relation has no inverse give a forward statement only.
+    """
+    if not 0.0 <= both_fraction <= 1.0:
+        raise ValueError(f"both_fraction={both_fraction}: expected a fraction in [0, 1]")
+    if held_out_direction not in HELD_OUT_DIRECTIONS:
+        raise ValueError(f"held_out_direction={held_out_direction!r}: expected one of {HELD_OUT_DIRECTIONS}")
+    rng = random.Random(seed)
+    order = list(range(len(facts)))
+    rng.shuffle(order)
+    n_both = round(len(facts) * both_fraction)
+    both = set(order[:n_both])
+    statements = []
+    for i, (subject, relation, obj) in enumerate(facts):
+        inverse = relations[relation].inverse
+        if inverse is None:
+            raise ValueError(f"fact {i} ({subject!r}, {relation!r}, {obj!r}): relation has no inverse")
+        if i in both:
+            forward_split, reverse_split = FORWARD_SEEN, REVERSE_SEEN
+        else:
+            reverse_trained = {"random": rng.random() < 0.5, "forward": False, "reverse": True}[
+                held_out_direction
+            ]
+            forward_split, reverse_split = (
+                (FORWARD_HELD_OUT, REVERSE_ONLY) if reverse_trained else (FORWARD_ONLY, REVERSE_HELD_OUT)
+            )
+        statements.append(Statement(subject, relation, obj, i, "forward", forward_split))
+        statements.append(Statement(obj, inverse, subject, i, "reverse", reverse_split))
+    return tuple(statements)
+
+
+def check_relations(relations: Iterable[Relation]) -> dict[str, Relation]:
+    """Index relations by name, checking that every declared inverse exists and points back."""
+    by_name: dict[str, Relation] = {}
+    for r in relations:
+        if r.name in by_name and by_name[r.name] != r:
+            raise ValueError(f"relation {r.name!r} declared twice with different definitions")
+        by_name[r.name] = r
+    for r in by_name.values():
+        if r.inverse is None:
+            continue
+        inv = by_name.get(r.inverse)
+        if inv is None:
+            raise ValueError(f"relation {r.name!r}: its inverse {r.inverse!r} is not declared")
+        if inv.inverse != r.name:
+            raise ValueError(
+                f"relation {r.name!r} has inverse {r.inverse!r}, whose inverse is {inv.inverse!r}: "
+                f"expected {r.name!r}"
+            )
+    return by_name

@@ -1,0 +1,81 @@
+"""An offline word-level tokenizer that TransformerLens accepts.
+
+TransformerLens 4 needs a ``transformers.PreTrainedTokenizerBase``. Two settings keep it offline:
+``name_or_path`` (TransformerLens pops it from ``init_kwargs``) and ``add_bos_token=True``
+(otherwise it reloads the tokenizer from the Hub to add one). The four special tokens must be in
+the vocabulary, or TransformerLens falls back to ``<|endoftext|>`` and silently drops the first word.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
+SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
+TOKENIZER_NAME = "revinterp-wordlevel"
+
+
+class UnknownWordError(KeyError):
+    """A word that is not in the tokenizer's vocabulary."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0])
+
+
+def build_tokenizer(words: Iterable[str]):
+    """A word-level tokenizer over ``words`` (ids: the four special tokens, then ``words`` in order).
+
+    Example:
+        >>> tok = build_tokenizer(["a1", "->", "b1"])
+        >>> tok("a1 -> b1")["input_ids"]
+        [1, 4, 5, 6]
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = list(words)
+    clash = [w for w in words if w in SPECIAL_TOKENS]
+    if clash:
+        raise ValueError(f"words {clash} are reserved special tokens {SPECIAL_TOKENS}")
+    if len(set(words)) != len(words):
+        raise ValueError("the vocabulary has repeated words")
+    vocab = {w: i for i, w in enumerate([*SPECIAL_TOKENS, *words])}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return wrap_backend(backend)
+
+
+def wrap_backend(backend):
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, name_or_path=TOKENIZER_NAME, add_bos_token=True,
+        bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK,
+    )
+
+
+def save_tokenizer(tokenizer, path: Path) -> None:
+    """Write the tokenizer as one ``tokenizer.json`` file (atomically)."""
+    from revinterp.io import atomic_write
+
+    atomic_write(Path(path), lambda tmp: tokenizer.backend_tokenizer.save(str(tmp)))
+
+
+def load_tokenizer(path: Path):
+    from tokenizers import Tokenizer
+
+    return wrap_backend(Tokenizer.from_file(str(path)))
+
+
+def encode_words(tokenizer, words: Sequence[str]) -> list[int]:
+    """Token ids of ``words`` (no BOS), raising :class:`UnknownWordError` for a word not in the vocabulary."""
+    vocab = tokenizer.get_vocab()
+    ids = []
+    for w in words:
+        if w not in vocab:
+            raise UnknownWordError(
+                f"word {w!r} is not in the tokenizer's vocabulary ({len(vocab)} words, e.g. "
+                f"{sorted(vocab)[:5]}); expected one of the words the fact set was built with"
+            )
+        ids.append(vocab[w])
+    return ids
