@@ -145,7 +145,7 @@ def read_weights(path: Path, config: ModelConfig) -> tuple[dict[str, torch.Tenso
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
     except Exception as e:  # safetensors raises its own error types for truncated or garbled files
         raise CheckpointError(f"checkpoint {path}: unreadable safetensors file ({e})") from None
     expected = json.dumps(asdict(config), sort_keys=True)
