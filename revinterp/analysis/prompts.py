@@ -1,0 +1,162 @@
+"""Clean/corrupted prompt pairs for causal interventions on relational facts.
+
+For a statement ``s r o`` of a split, the *clean* prompt is ``<bos> s r`` with answer ``o``; the
+*corrupted* prompt swaps in the subject ``s'`` of another statement of the same split, relation and
+token length, with its answer ``o'``. Clean and corrupted prompts therefore differ only at the
+subject's positions, and every position lines up (Meng et al. 2022, "Locating and Editing Factual
+Associations in GPT", use the same clean/corrupted design with noise instead of a swap; Zhang & Nanda
+2024, "Towards Best Practices of Activation Patching", recommend the swap).
+
+Metrics read the logits at the last prompt position; for multi-token answers they use the answer's
+first token.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from revinterp.data import FactSet, Statement, encode_statements
+from revinterp.data.tokenizer import encode_words
+
+
+@dataclass(frozen=True)
+class PromptPairs:
+    """Aligned clean and corrupted prompts with their answers' first tokens.
+
+    ``labels`` names each position for plots (e.g. ``["<bos>", "subject", "->"]``).
+    """
+
+    clean: Int[Tensor, "batch pos"]
+    corrupted: Int[Tensor, "batch pos"]
+    clean_answer: Int[Tensor, " batch"]
+    corrupted_answer: Int[Tensor, " batch"]
+    labels: tuple[str, ...]
+    statements: tuple[Statement, ...] = ()
+    corrupted_statements: tuple[Statement, ...] = ()
+    split: str | None = None
+
+    def __post_init__(self):
+        if self.clean.shape != self.corrupted.shape:
+            raise ValueError(
+                f"clean prompts have shape {tuple(self.clean.shape)} but corrupted prompts "
+                f"{tuple(self.corrupted.shape)}; expected the same number of prompts of the same length"
+            )
+        n = self.clean.shape[0]
+        if n < 1 or self.clean_answer.shape != (n,) or self.corrupted_answer.shape != (n,):
+            raise ValueError(f"expected one clean and one corrupted answer per prompt ({n} prompts)")
+        if len(self.labels) != self.clean.shape[1]:
+            raise ValueError(f"{len(self.labels)} position labels for prompts of length {self.clean.shape[1]}")
+
+    def __len__(self) -> int:
+        return self.clean.shape[0]
+
+    @property
+    def answer_position(self) -> int:
+        return self.clean.shape[1] - 1
+
+    def to(self, device) -> PromptPairs:
+        return PromptPairs(
+            self.clean.to(device), self.corrupted.to(device), self.clean_answer.to(device),
+            self.corrupted_answer.to(device), self.labels, self.statements, self.corrupted_statements,
+            self.split,
+        )
+
+    @classmethod
+    def from_prompts(
+        cls,
+        tokenizer,
+        clean: Sequence[str],
+        corrupted: Sequence[str],
+        clean_answers: Sequence[str],
+        corrupted_answers: Sequence[str],
+    ) -> PromptPairs:
+        """Pairs from text, e.g. ``clean=["a17 ->"]``, ``clean_answers=["b3"]``; every prompt must
+        have the same number of tokens (no padding or truncation)."""
+        if not (len(clean) == len(corrupted) == len(clean_answers) == len(corrupted_answers)):
+            raise ValueError(
+                f"got {len(clean)} clean prompts, {len(corrupted)} corrupted prompts, {len(clean_answers)} "
+                f"clean answers and {len(corrupted_answers)} corrupted answers; expected equal counts"
+            )
+        rows = [[tokenizer.bos_token_id, *encode_words(tokenizer, p.split())] for p in [*clean, *corrupted]]
+        lengths = {len(r) for r in rows}
+        if len(lengths) != 1:
+            bad = [(p, len(r)) for p, r in zip([*clean, *corrupted], rows) if len(r) != len(rows[0])]
+            raise ValueError(
+                f"prompts have different token lengths: {rows and len(rows[0])} for {clean[0]!r} but {bad[:3]}; "
+                "expected every prompt to have the same length (positions must line up)"
+            )
+        tokens = torch.tensor(rows)
+        first = lambda answers: torch.tensor([encode_words(tokenizer, a.split())[0] for a in answers])  # noqa: E731
+        labels = tuple(tokenizer.convert_ids_to_tokens(rows[0]))
+        return cls(tokens[: len(clean)], tokens[len(clean):], first(clean_answers), first(corrupted_answers), labels)
+
+
+def make_prompt_pairs(
+    facts: FactSet,
+    split: str,
+    tokenizer,
+    *,
+    max_pairs: int | None = None,
+    seed: int = 0,
+) -> PromptPairs:
+    """Clean/corrupted pairs for every statement of ``split`` (or a random ``max_pairs`` of them).
+
+    Statements are grouped by relation and prompt length; within a group each statement is paired
+    with another one by a random cyclic shift, so every subject is corrupted by a different subject
+    of the same split. Pairs whose answers share their first token are dropped (their logit
+    difference is zero by construction). The largest group of equal prompt length is used when
+    lengths differ (patching needs aligned positions).
+    """
+    statements = facts.split(split)
+    if len(statements) < 2:
+        raise ValueError(f"split {split!r} has {len(statements)} statement(s); expected at least 2 for prompt pairs")
+    encoded = encode_statements(facts, statements, tokenizer)
+    groups: dict[tuple[str, int], list[int]] = {}
+    for i, s in enumerate(statements):
+        groups.setdefault((s.relation, int(encoded.prompt_lengths[i])), []).append(i)
+    by_length: dict[int, list[list[int]]] = {}
+    for (_, length), rows in groups.items():
+        if len(rows) >= 2:
+            by_length.setdefault(length, []).append(rows)
+    if not by_length:
+        raise ValueError(
+            f"split {split!r}: no two statements share a relation and a prompt length; "
+            "expected at least one such pair to corrupt a subject with another"
+        )
+    length = max(by_length, key=lambda k: sum(map(len, by_length[k])))
+    rng = random.Random(seed)
+    clean_rows, corrupt_rows = [], []
+    for rows in by_length[length]:
+        order = rows[:]
+        rng.shuffle(order)
+        shift = rng.randrange(1, len(order))
+        for k, i in enumerate(order):
+            clean_rows.append(i)
+            corrupt_rows.append(order[(k + shift) % len(order)])
+    tokens = encoded.tokens[:, :length]
+    answers = encoded.tokens[torch.arange(len(encoded)), encoded.prompt_lengths]
+    keep = [(i, j) for i, j in zip(clean_rows, corrupt_rows) if answers[i] != answers[j]]
+    if max_pairs is not None and len(keep) > max_pairs:
+        keep = sorted(rng.sample(keep, max_pairs))
+    if not keep:
+        raise ValueError(f"split {split!r}: every candidate pair has answers with the same first token")
+    ci = torch.tensor([i for i, _ in keep])
+    cj = torch.tensor([j for _, j in keep])
+    first = statements[keep[0][0]]
+    n_subject = len(first.subject.split())
+    words = tokenizer.convert_ids_to_tokens(tokens[ci[0]].tolist())
+    labels = tuple(
+        "<bos>" if p == 0 else (f"subject[{p - 1}]" if n_subject > 1 else "subject") if p <= n_subject else words[p]
+        for p in range(length)
+    ) if facts.relations[first.relation].template.startswith("{subject}") else tuple(words)
+    return PromptPairs(
+        clean=tokens[ci], corrupted=tokens[cj], clean_answer=answers[ci], corrupted_answer=answers[cj],
+        labels=labels, statements=tuple(statements[i] for i in ci.tolist()),
+        corrupted_statements=tuple(statements[j] for j in cj.tolist()), split=split,
+    )
