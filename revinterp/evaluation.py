@@ -188,7 +188,7 @@ def answer_scores(model, encoded: EncodedStatements) -> tuple[Float[Tensor, " n"
 
 def candidate_scores(
     model, facts: FactSet, statements: Sequence[Statement], tokenizer
-) -> tuple[Float[Tensor, " n"], Int[Tensor, " n"], Float[Tensor, " n"]]:
+) -> tuple[Float[Tensor, " n"], Int[Tensor, " n"], Int[Tensor, " n"]]:
     """Per statement: log softmax over its candidates at the answer, the answer's rank, and M.
 
     Every candidate ``c`` is scored as log p(c | prompt) with teacher forcing; when all candidates

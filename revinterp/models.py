@@ -117,12 +117,16 @@ def config_for_data(config: ModelConfig, facts: FactSet, tokenizer) -> ModelConf
 
 
 # -- run directory: model side -------------------------------------------------------------------
-def save_model(run_dir: Path, model, config: ModelConfig) -> None:
-    """Write ``model.json`` and ``model.safetensors`` (atomically)."""
+def write_model_config(run_dir: Path, config: ModelConfig) -> None:
     atomic_write_text(
         run_dir / MODEL_CONFIG_FILE,
         json.dumps({"format_version": FORMAT_VERSION, "model": asdict(config)}, indent=1),
     )
+
+
+def save_model(run_dir: Path, model, config: ModelConfig) -> None:
+    """Write ``model.json`` and ``model.safetensors`` (atomically)."""
+    write_model_config(run_dir, config)
     save_weights(run_dir / WEIGHTS_FILE, model.state_dict(), config)
 
 

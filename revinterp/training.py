@@ -38,6 +38,7 @@ from revinterp.models import (
     save_model,
     save_weights,
     tokenizer_for,
+    write_model_config,
     write_run_data,
 )
 
@@ -162,6 +163,7 @@ def train(
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_run_data(run_dir, facts, tokenizer)
+        write_model_config(run_dir, model_config)
         atomic_write_text(run_dir / TRAINING_FILE, json.dumps(training_record, indent=1))
 
     model = build_model(model_config, tokenizer, device)

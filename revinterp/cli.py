@@ -1,0 +1,172 @@
+"""The ``revinterp`` command: train a model on relational facts and evaluate it per split.
+
+Heavy modules (torch, TransformerLens) are imported inside the commands so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+PRESETS = ("tiny", "default", "deep")
+
+
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data (default: the seed experiment of Zhu et al. 2024)")
+    g.add_argument("--data", choices=("seed", "chain"), default="seed",
+                   help="generated facts: 'seed' (A_i -> B_i, B_i <- A_i) or 'chain' (x -> y, y -> z, x ~> z)")
+    g.add_argument("--facts", type=Path, metavar="FILE",
+                   help="read facts from a CSV or JSONL file (columns subject, relation, object, inverse) "
+                        "instead of generating them")
+    g.add_argument("--n-pairs", type=int, default=200,
+                   help="facts to generate (pairs for 'seed', chains for 'chain'); default 200")
+    g.add_argument("--both-fraction", type=float, default=0.7,
+                   help="fraction of facts trained in both directions; the rest are trained one way (default 0.7)")
+    g.add_argument("--held-out-direction", choices=("random", "forward", "reverse"), default="random",
+                   help="which direction of a one-way fact is held out: chosen at random per fact (seed), "
+                        "always the reverse ('forward' = forward only trained), or always the forward")
+    g.add_argument("--tokens-per-entity", type=int, default=1, help="tokens per entity name (default 1)")
+    g.add_argument("--relations", type=int, default=1,
+                   help="named relations with inverses (parent_of/child_of ...); 1 gives '->' and '<-'")
+    g.add_argument("--template", choices=("symbolic", "natural"), default="symbolic",
+                   help="'symbolic' (relation token) or 'natural' (English phrase, e.g. 'is the parent of')")
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and training (override the preset)")
+    g.add_argument("--preset", choices=PRESETS, default="default",
+                   help="tiny: 1 layer d64 (seconds); default: 2 layers d128 (about a minute); deep: 4 layers d256")
+    g.add_argument("--attn-only", action="store_true", help="attention-only blocks (no MLPs)")
+    g.add_argument("--positional", choices=("standard", "rotary"), help="learned absolute or rotary positions")
+    g.add_argument("--norm", choices=("LN", "LNPre", "RMS", "RMSPre", "none"), help="normalization type")
+    g.add_argument("--steps", type=int, help="maximum training steps")
+    g.add_argument("--lr", type=float, help="AdamW learning rate (seed: 0.01)")
+    g.add_argument("--batch-size", type=int, help="batch size (seed: 64)")
+    g.add_argument("--weight-decay", type=float, help="AdamW weight decay (torch default 0.01)")
+    g.add_argument("--schedule", choices=("constant", "cosine", "linear"), help="learning-rate schedule")
+    g.add_argument("--loss", choices=("answer", "sequence"),
+                   help="cross-entropy on the answer tokens only (seed) or on the whole sequence")
+    g.add_argument("--no-early-stop", action="store_true",
+                   help="train all steps instead of stopping once every trained split is fitted "
+                        "(accuracy 100%% and mean p(answer) >= 0.99)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="revinterp",
+        description="Train small hooked transformers on relational facts and measure the reversal curse.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model and print its behaviour per split",
+                       description="Train a model from scratch, write a run directory, and print accuracy per "
+                                   "split with 95%% bootstrap intervals beside chance (1/M for M candidates).")
+    add_data_options(t)
+    add_model_options(t)
+    t.add_argument("--seed", type=int, default=0, help="seed of the facts, the initial weights and the data order")
+    t.add_argument("--out", type=Path, help="run directory to create (default runs/PRESET-seedSEED)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    add_output_options(t)
+
+    e = sub.add_parser("eval", help="evaluate a run directory per split",
+                       description="Evaluate a trained run on every split of its facts.")
+    e.add_argument("run_dir", type=Path, help="a run directory written by 'revinterp train'")
+    e.add_argument("--checkpoint", type=Path, help="evaluate this checkpoint file instead of the final weights")
+    add_output_options(e)
+    return parser
+
+
+def add_output_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--json", action="store_true", help="print the per-split metrics as one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def make_facts(args):
+    from revinterp.data import chain_experiment, load_fact_file, seed_experiment
+
+    if args.facts is not None:
+        return load_fact_file(args.facts, both_fraction=args.both_fraction,
+                              held_out_direction=args.held_out_direction, seed=args.seed)
+    if args.data == "chain":
+        return chain_experiment(args.n_pairs, composed_held_out_fraction=1 - args.both_fraction, seed=args.seed)
+    return seed_experiment(
+        args.n_pairs, both_fraction=args.both_fraction, held_out_direction=args.held_out_direction,
+        tokens_per_entity=args.tokens_per_entity, n_relations=args.relations, template=args.template,
+        seed=args.seed,
+    )
+
+
+def configs(args):
+    from dataclasses import replace
+
+    from revinterp.models import MODEL_PRESETS
+    from revinterp.training import TRAINING_PRESETS
+
+    model = replace(MODEL_PRESETS[args.preset], seed=args.seed)
+    if args.attn_only:
+        model = replace(model, attn_only=True)
+    if args.positional:
+        model = replace(model, positional_embedding_type=args.positional)
+    if args.norm:
+        model = replace(model, normalization_type=None if args.norm == "none" else args.norm)
+    training = replace(TRAINING_PRESETS[args.preset], seed=args.seed)
+    overrides = dict(max_steps=args.steps, lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay,
+                     schedule=args.schedule, loss=args.loss)
+    training = replace(training, **{k: v for k, v in overrides.items() if v is not None})
+    if args.no_early_stop:
+        training = replace(training, early_stop=False)
+    return model, training
+
+
+def report(behaviour, args, header: str) -> None:
+    if args.json:
+        print(json.dumps(behaviour.to_dict(), indent=1))
+    else:
+        print(header)
+        print(behaviour.summary())
+
+
+def cmd_train(args) -> int:
+    from revinterp.evaluation import evaluate
+    from revinterp.io import atomic_write_text
+    from revinterp.training import train
+
+    facts = make_facts(args)
+    model_config, training_config = configs(args)
+    out = args.out or Path("runs") / f"{args.preset}-seed{args.seed}"
+    result = train(facts, model_config, training_config, out, resume=args.resume, device=args.device,
+                   progress=not args.quiet)
+    behaviour = evaluate(result.model, facts)
+    atomic_write_text(out / "behaviour.json", json.dumps(behaviour.to_dict(), indent=1))
+    status = "fitted" if result.fitted else "NOT fitted (train longer: --steps)"
+    report(behaviour, args, f"run {out}: {result.steps} steps, {status}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from revinterp.evaluation import evaluate
+    from revinterp.models import load_run
+
+    run = load_run(args.run_dir, checkpoint=args.checkpoint, device=args.device)
+    behaviour = evaluate(run.model, run.facts)
+    report(behaviour, args, f"run {args.run_dir}" + (f", checkpoint {args.checkpoint}" if args.checkpoint else ""))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from revinterp.data import FactFileError, UnknownWordError
+    from revinterp.models import CheckpointError
+
+    try:
+        return {"train": cmd_train, "eval": cmd_eval}[args.command](args)
+    except (FactFileError, UnknownWordError, CheckpointError, FileExistsError, ValueError) as e:
+        print(f"revinterp {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

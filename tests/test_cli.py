@@ -1,0 +1,51 @@
+"""The `revinterp` command end to end on the tiny preset, its JSON output and its errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from revinterp.cli import main
+
+
+def test_train_then_eval_json(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--preset", "tiny", "--n-pairs", "30", "--seed", "1", "--out", str(out), "--quiet",
+            "--device", "cpu"]
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    assert "reverse_held_out" in table and "fitted" in table and "chance" in table
+    assert main(["eval", str(out), "--json", "--device", "cpu"]) == 0
+    metrics = json.loads(capsys.readouterr().out)["splits"]
+    saved = json.loads((out / "behaviour.json").read_text())["splits"]
+    assert metrics == saved
+    assert metrics["forward_seen"]["accuracy"] == 1.0 and metrics["forward_seen"]["n"] == 21
+    held = metrics["reverse_held_out"]
+    assert held["chance_accuracy"] == 1 / 30 and held["accuracy"] <= 3 * held["chance_accuracy"]
+    for key in ("accuracy", "mean_rank", "logprob", "chance_accuracy", "n"):
+        assert key in held
+    # a second train into the same directory is refused, and nothing is overwritten
+    before = (out / "model.safetensors").read_bytes()
+    assert main(args) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (out / "model.safetensors").read_bytes() == before
+
+
+def test_bad_inputs_exit_2_with_a_message(tmp_path, capsys):
+    bad = tmp_path / "facts.csv"
+    bad.write_text("subject,relation,object\na,r,b\n")
+    assert main(["train", "--facts", str(bad), "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    assert "missing column(s) ['inverse']" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    assert main(["eval", str(tmp_path)]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+
+
+def test_help_is_fast_and_explains_options():
+    code = "import sys, revinterp.cli; sys.argv=['revinterp','train','--help']; revinterp.cli.main()"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "--held-out-direction" in result.stdout and "--tokens-per-entity" in result.stdout
+    heavy = subprocess.run([sys.executable, "-c", "import revinterp.cli, sys; print('torch' in sys.modules)"],
+                           capture_output=True, text=True)
+    assert heavy.stdout.strip() == "False"

@@ -1,0 +1,90 @@
+"""Training: the reversal curse itself on the tiny preset, determinism, resume, and run directories."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from revinterp.data import FORWARD_SEEN, REVERSE_HELD_OUT, REVERSE_SEEN, seed_experiment
+from revinterp.evaluation import evaluate
+from revinterp.models import MODEL_PRESETS, CheckpointError, load_run
+from revinterp.training import TRAINING_PRESETS, TrainingConfig, checkpoint_steps, list_checkpoints, read_history, train
+
+
+def test_tiny_preset_shows_the_reversal_curse(tiny_run):
+    behaviour = evaluate(tiny_run.model, tiny_run.facts)
+    for split in (FORWARD_SEEN, "forward_only", REVERSE_SEEN, "reverse_only"):
+        assert behaviour[split].accuracy.mean >= 0.99, split
+    for split in (REVERSE_HELD_OUT, "forward_held_out"):
+        sb = behaviour[split]
+        assert sb.accuracy.mean <= 3 * sb.chance_accuracy, split  # within a small multiple of chance
+        assert sb.metrics()["logprob_candidates"] < -2.0  # no probability mass on the right answer
+
+
+def test_run_directory_contents(tiny_run_dir):
+    for name in ("model.json", "model.safetensors", "tokenizer.json", "facts.json", "training.json", "history.jsonl"):
+        assert (tiny_run_dir / name).is_file(), name
+    history = read_history(tiny_run_dir)
+    assert history[0]["step"] == 0 and history[-1]["fitted"]
+    steps = [s for s, _ in list_checkpoints(tiny_run_dir)]
+    assert steps[0] == 0 and steps[-1] == history[-1]["step"]
+    assert set(steps) - {history[-1]["step"]} <= checkpoint_steps(TRAINING_PRESETS["tiny"].max_steps, 20)
+    snapshot = load_run(tiny_run_dir, checkpoint=dict(list_checkpoints(tiny_run_dir))[0], device="cpu")
+    assert snapshot.model.state_dict()["embed.weight"].std() > 0
+
+
+def test_checkpoint_steps_are_log_spaced():
+    steps = sorted(checkpoint_steps(1000, 4))
+    assert steps == [0, 1, 10, 100, 1000]
+
+
+def small_config(**kw):
+    return replace(TrainingConfig(max_steps=30, eval_every=10, early_stop=False, n_checkpoints=4), **kw)
+
+
+def test_same_seed_same_weights_and_history(tmp_path):
+    facts = seed_experiment(12, seed=1)
+    a = train(facts, MODEL_PRESETS["tiny"], small_config(), tmp_path / "a", progress=False, device="cpu")
+    b = train(facts, MODEL_PRESETS["tiny"], small_config(), tmp_path / "b", progress=False, device="cpu")
+    assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()))
+    assert a.history == b.history
+
+
+def test_resume_continues_exactly(tmp_path):
+    facts = seed_experiment(12, seed=2)
+    config = small_config(lr=3e-3, schedule="cosine", warmup_steps=5)
+    full = train(facts, MODEL_PRESETS["tiny"], config, tmp_path / "full", progress=False, device="cpu")
+
+    def interrupt(record):
+        if record["step"] == 20:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(facts, MODEL_PRESETS["tiny"], config, tmp_path / "cut", progress=False, device="cpu", on_eval=interrupt)
+    resumed = train(facts, MODEL_PRESETS["tiny"], config, tmp_path / "cut", resume=True, progress=False, device="cpu")
+    assert resumed.steps == 30
+    for (k, x), y in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(x, y), k
+    assert [h["step"] for h in resumed.history] == [h["step"] for h in full.history]
+
+
+def test_existing_run_directory_is_refused_and_kept(tmp_path):
+    facts = seed_experiment(12, seed=3)
+    run = tmp_path / "run"
+    train(facts, MODEL_PRESETS["tiny"], small_config(max_steps=10), run, progress=False, device="cpu")
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(FileExistsError, match="already exists"):
+        train(facts, MODEL_PRESETS["tiny"], small_config(max_steps=10), run, progress=False, device="cpu")
+    with pytest.raises(CheckpointError, match="other facts"):
+        train(seed_experiment(12, seed=4), MODEL_PRESETS["tiny"], small_config(max_steps=10), run, resume=True,
+              progress=False, device="cpu")
+    assert before == {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+
+
+def test_sequence_loss_trains_too(tmp_path):
+    facts = seed_experiment(12, seed=5)
+    result = train(facts, MODEL_PRESETS["tiny"], small_config(loss="sequence"), tmp_path / "r", progress=False,
+                   device="cpu")
+    assert result.history[-1]["loss"] < result.history[1]["loss"]
