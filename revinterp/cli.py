@@ -32,6 +32,11 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
                    help="named relations with inverses (parent_of/child_of ...); 1 gives '->' and '<-'")
     g.add_argument("--template", choices=("symbolic", "natural"), default="symbolic",
                    help="'symbolic' (relation token) or 'natural' (English phrase, e.g. 'is the parent of')")
+    g.add_argument("--mitigation", choices=("none", "reverse_token", "reverse_entity", "permute", "identity_bridge"),
+                   default="none",
+                   help="add a mitigation's training statements: reverse training by token or by entity "
+                        "(Golovneva et al. 2024), semantic-unit permutation (Guo et al. 2024), identity-bridge "
+                        "statements 'x r x'; the held-out questions stay the same")
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -85,18 +90,20 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
 
 
 def make_facts(args):
-    from revinterp.data import chain_experiment, load_fact_file, seed_experiment
+    from revinterp.data import apply_mitigation, chain_experiment, load_fact_file, seed_experiment
 
     if args.facts is not None:
-        return load_fact_file(args.facts, both_fraction=args.both_fraction,
-                              held_out_direction=args.held_out_direction, seed=args.seed)
-    if args.data == "chain":
-        return chain_experiment(args.n_pairs, composed_held_out_fraction=1 - args.both_fraction, seed=args.seed)
-    return seed_experiment(
-        args.n_pairs, both_fraction=args.both_fraction, held_out_direction=args.held_out_direction,
-        tokens_per_entity=args.tokens_per_entity, n_relations=args.relations, template=args.template,
-        seed=args.seed,
-    )
+        facts = load_fact_file(args.facts, both_fraction=args.both_fraction,
+                               held_out_direction=args.held_out_direction, seed=args.seed)
+    elif args.data == "chain":
+        facts = chain_experiment(args.n_pairs, composed_held_out_fraction=1 - args.both_fraction, seed=args.seed)
+    else:
+        facts = seed_experiment(
+            args.n_pairs, both_fraction=args.both_fraction, held_out_direction=args.held_out_direction,
+            tokens_per_entity=args.tokens_per_entity, n_relations=args.relations, template=args.template,
+            seed=args.seed,
+        )
+    return facts if args.mitigation == "none" else apply_mitigation(facts, args.mitigation)
 
 
 def configs(args):

@@ -34,6 +34,7 @@ CHAIN_FIRST_HOP = "chain_first_hop"  # x -> y
 CHAIN_SECOND_HOP = "chain_second_hop"  # y -> z
 CHAIN_COMPOSED_SEEN = "chain_composed_seen"  # x ~> z, trained
 CHAIN_COMPOSED_HELD_OUT = "chain_composed_held_out"  # x ~> z, held out
+AUGMENTED = "augmented"  # extra trained statements of a mitigation (revinterp.data.mitigations)
 
 SPLITS: dict[str, bool] = {
     # name: trained?
@@ -47,6 +48,7 @@ SPLITS: dict[str, bool] = {
     CHAIN_SECOND_HOP: True,
     CHAIN_COMPOSED_SEEN: True,
     CHAIN_COMPOSED_HELD_OUT: False,
+    AUGMENTED: True,
 }
 """Every split name, mapped to whether its statements are in the training data."""
 
@@ -88,7 +90,8 @@ class Statement:
     """One trainable or held-out sentence: ``subject relation object``.
 
     ``fact`` indexes the fact the statement expresses (both directions of a fact share it);
-    ``direction`` is ``"forward"``, ``"reverse"`` or ``"composed"`` (chain data).
+    ``direction`` is ``"forward"``, ``"reverse"``, ``"composed"`` (chain data) or ``"augmented"``
+    (a mitigation's extra statement).
     """
 
     subject: str
