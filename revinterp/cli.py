@@ -15,13 +15,14 @@ PRESETS = ("tiny", "default", "deep")
 
 def add_data_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data (default: the seed experiment of Zhu et al. 2024)")
-    g.add_argument("--data", choices=("seed", "chain"), default="seed",
-                   help="generated facts: 'seed' (A_i -> B_i, B_i <- A_i) or 'chain' (x -> y, y -> z, x ~> z)")
+    g.add_argument("--data", choices=("seed", "chain", "graph"), default="seed",
+                   help="generated facts: 'seed' (A_i -> B_i, B_i <- A_i), 'chain' (x -> y, y -> z, x ~> z) or "
+                        "'graph' (a random knowledge graph: every entity in several facts)")
     g.add_argument("--facts", type=Path, metavar="FILE",
                    help="read facts from a CSV or JSONL file (columns subject, relation, object, inverse) "
                         "instead of generating them")
     g.add_argument("--n-pairs", type=int, default=200,
-                   help="facts to generate (pairs for 'seed', chains for 'chain'); default 200")
+                   help="facts to generate (pairs for 'seed', chains for 'chain', entities for 'graph'); default 200")
     g.add_argument("--both-fraction", type=float, default=0.7,
                    help="fraction of facts trained in both directions; the rest are trained one way (default 0.7)")
     g.add_argument("--held-out-direction", choices=("random", "forward", "reverse"), default="random",
@@ -32,6 +33,11 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
                    help="named relations with inverses (parent_of/child_of ...); 1 gives '->' and '<-'")
     g.add_argument("--template", choices=("symbolic", "natural"), default="symbolic",
                    help="'symbolic' (relation token) or 'natural' (English phrase, e.g. 'is the parent of')")
+    g.add_argument("--shared-tokens", action="store_true",
+                   help="draw multi-token entities of both alphabets from one token pool (starvation control)")
+    g.add_argument("--attributes", type=int, default=0, metavar="N",
+                   help="give every entity an unrelated trained fact 'e lives_in c_k' with N shared values "
+                        "(starvation control; 0 = off)")
     g.add_argument("--mitigation", choices=("none", "reverse_token", "reverse_entity", "permute", "identity_bridge"),
                    default="none",
                    help="add a mitigation's training statements: reverse training by token or by entity "
@@ -90,19 +96,31 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
 
 
 def make_facts(args):
-    from revinterp.data import apply_mitigation, chain_experiment, load_fact_file, seed_experiment
+    from revinterp.data import (
+        apply_mitigation,
+        chain_experiment,
+        knowledge_graph,
+        load_fact_file,
+        seed_experiment,
+        with_attributes,
+    )
 
     if args.facts is not None:
         facts = load_fact_file(args.facts, both_fraction=args.both_fraction,
                                held_out_direction=args.held_out_direction, seed=args.seed)
     elif args.data == "chain":
         facts = chain_experiment(args.n_pairs, composed_held_out_fraction=1 - args.both_fraction, seed=args.seed)
+    elif args.data == "graph":
+        facts = knowledge_graph(args.n_pairs, n_relations=max(args.relations, 3), both_fraction=args.both_fraction,
+                                held_out_direction=args.held_out_direction, template=args.template, seed=args.seed)
     else:
         facts = seed_experiment(
             args.n_pairs, both_fraction=args.both_fraction, held_out_direction=args.held_out_direction,
             tokens_per_entity=args.tokens_per_entity, n_relations=args.relations, template=args.template,
-            seed=args.seed,
+            shared_tokens=args.shared_tokens, seed=args.seed,
         )
+    if args.attributes:
+        facts = with_attributes(facts, n_values=args.attributes, seed=args.seed)
     return facts if args.mitigation == "none" else apply_mitigation(facts, args.mitigation)
 
 

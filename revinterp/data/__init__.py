@@ -3,6 +3,7 @@
 from revinterp.data.encoding import EncodedStatements, encode_statements
 from revinterp.data.fact_files import FactFileError, load_fact_file
 from revinterp.data.facts import (
+    ATTRIBUTE,
     AUGMENTED,
     CHAIN_COMPOSED_HELD_OUT,
     CHAIN_COMPOSED_SEEN,
@@ -21,12 +22,12 @@ from revinterp.data.facts import (
     Statement,
     split_facts,
 )
-from revinterp.data.generators import chain_experiment, seed_experiment
+from revinterp.data.generators import chain_experiment, knowledge_graph, seed_experiment, with_attributes
 from revinterp.data.mitigations import MITIGATIONS, apply_mitigation
 from revinterp.data.tokenizer import UnknownWordError, build_tokenizer, load_tokenizer, save_tokenizer
 
 __all__ = [
-    "AUGMENTED", "MITIGATIONS", "apply_mitigation",
+    "ATTRIBUTE", "AUGMENTED", "MITIGATIONS", "apply_mitigation", "knowledge_graph", "with_attributes",
     "CHAIN_COMPOSED_HELD_OUT", "CHAIN_COMPOSED_SEEN", "CHAIN_FIRST_HOP", "CHAIN_SECOND_HOP",
     "FORWARD_HELD_OUT", "FORWARD_ONLY", "FORWARD_SEEN", "HELD_OUT_DIRECTIONS", "REVERSE_HELD_OUT",
     "REVERSE_ONLY", "REVERSE_SEEN", "SPLITS", "EncodedStatements", "FactFileError", "FactSet",

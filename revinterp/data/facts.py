@@ -35,6 +35,7 @@ CHAIN_SECOND_HOP = "chain_second_hop"  # y -> z
 CHAIN_COMPOSED_SEEN = "chain_composed_seen"  # x ~> z, trained
 CHAIN_COMPOSED_HELD_OUT = "chain_composed_held_out"  # x ~> z, held out
 AUGMENTED = "augmented"  # extra trained statements of a mitigation (revinterp.data.mitigations)
+ATTRIBUTE = "attribute"  # an unrelated trained fact about an entity (starvation control)
 
 SPLITS: dict[str, bool] = {
     # name: trained?
@@ -49,6 +50,7 @@ SPLITS: dict[str, bool] = {
     CHAIN_COMPOSED_SEEN: True,
     CHAIN_COMPOSED_HELD_OUT: False,
     AUGMENTED: True,
+    ATTRIBUTE: True,
 }
 """Every split name, mapped to whether its statements are in the training data."""
 
@@ -91,7 +93,7 @@ class Statement:
 
     ``fact`` indexes the fact the statement expresses (both directions of a fact share it);
     ``direction`` is ``"forward"``, ``"reverse"``, ``"composed"`` (chain data) or ``"augmented"``
-    (a mitigation's extra statement).
+    (a mitigation's extra statement) or ``"attribute"`` (a starvation control's unrelated fact).
     """
 
     subject: str

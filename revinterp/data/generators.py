@@ -6,6 +6,12 @@
   relations with their inverses, and natural-language templates.
 - :func:`chain_experiment`: ``x -> y``, ``y -> z`` and the composed ``x ~> z`` with a held-out
   fraction of the composed facts (transitivity).
+
+Controls for *embedding starvation* (in the seed setup the subject of a held-out question never
+appears as an input in training, so its embedding gets no gradient): :func:`with_attributes` gives
+every entity a second, unrelated trained fact; :func:`knowledge_graph` draws facts among one pool of
+entities so every entity takes part in several; ``seed_experiment(shared_tokens=True)`` builds
+multi-token entities from one shared token pool.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import itertools
 import random
 
 from revinterp.data.facts import (
+    ATTRIBUTE,
     CHAIN_COMPOSED_HELD_OUT,
     CHAIN_COMPOSED_SEEN,
     CHAIN_FIRST_HOP,
@@ -98,6 +105,7 @@ def seed_experiment(
     alphabet_size: int | None = None,
     n_relations: int = 1,
     template: str = "symbolic",
+    shared_tokens: bool = False,
     seed: int = 0,
 ) -> FactSet:
     """The reversal-curse data of Zhu et al. (2024): pairs ``A_i -> B_i`` / ``B_i <- A_i``.
@@ -112,6 +120,9 @@ def seed_experiment(
             whose k-tuples cover ``2 * n_pairs``.
         n_relations: relations the pairs are spread over (round robin); 1 gives ``->`` / ``<-``.
         template: ``"symbolic"`` (relation token) or ``"natural"`` (English phrase).
+        shared_tokens: draw A and B entities from one token pool ``t0, t1, ..`` instead of two
+            disjoint alphabets, so with ``tokens_per_entity > 1`` every token is trained in many
+            entities (a starvation control).
         seed: every random choice follows from it.
     """
     if n_pairs < 2:
@@ -125,8 +136,12 @@ def seed_experiment(
             while alphabet_size**tokens_per_entity < 2 * n_pairs:
                 alphabet_size += 1
     rng = random.Random(seed)
-    a_names = entity_names("a", n_pairs, tokens_per_entity, alphabet_size, rng)
-    b_names = entity_names("b", n_pairs, tokens_per_entity, alphabet_size, rng)
+    if shared_tokens:
+        names = entity_names("t", 2 * n_pairs, tokens_per_entity, alphabet_size, rng)
+        a_names, b_names = names[:n_pairs], names[n_pairs:]
+    else:
+        a_names = entity_names("a", n_pairs, tokens_per_entity, alphabet_size, rng)
+        b_names = entity_names("b", n_pairs, tokens_per_entity, alphabet_size, rng)
     pairs = [relation_pair(i, n_relations, template) for i in range(n_relations)]
     relations = check_relations(r for pair in pairs for r in pair)
     facts = [(a, pairs[i % n_relations][0].name, b) for i, (a, b) in enumerate(zip(a_names, b_names))]
@@ -137,9 +152,84 @@ def seed_experiment(
     source = dict(
         generator="seed_experiment", n_pairs=n_pairs, both_fraction=both_fraction,
         held_out_direction=held_out_direction, tokens_per_entity=tokens_per_entity,
-        alphabet_size=alphabet_size, n_relations=n_relations, template=template, seed=seed,
+        alphabet_size=alphabet_size, n_relations=n_relations, template=template, shared_tokens=shared_tokens,
+        seed=seed,
     )
     return FactSet(relations=relations, statements=statements, source=source)
+
+
+def knowledge_graph(
+    n_entities: int = 200,
+    *,
+    n_relations: int = 3,
+    facts_per_entity: int | float = 3,
+    both_fraction: float = 0.7,
+    held_out_direction: str = "random",
+    template: str = "symbolic",
+    seed: int = 0,
+) -> FactSet:
+    """A random knowledge graph over one pool of entities ``e0 .. e{n-1}``.
+
+    Each of the ``n_relations`` named relations (with its inverse) is a random partial one-to-one map
+    between distinct entities, so every question ``(subject, relation)`` has one answer in both
+    directions; on average an entity takes part in ``facts_per_entity`` facts, as subject or object,
+    and so appears as an input of trained statements. Facts are split as in the seed experiment.
+    """
+    if n_entities < 4:
+        raise ValueError(f"n_entities={n_entities}: expected at least 4")
+    per_relation = round(n_entities * facts_per_entity / (2 * n_relations))
+    if not 1 <= per_relation <= n_entities:
+        raise ValueError(
+            f"facts_per_entity={facts_per_entity} with {n_relations} relation(s) gives {per_relation} facts per "
+            f"relation; expected 1 to n_entities={n_entities}"
+        )
+    rng = random.Random(seed)
+    entities = [f"e{i}" for i in range(n_entities)]
+    pairs = [relation_pair(i, n_relations, template) for i in range(n_relations)]
+    relations = check_relations(r for pair in pairs for r in pair)
+    facts = []
+    for forward, _ in pairs:
+        subjects = rng.sample(entities, per_relation)
+        for _ in range(1000):  # rejection sampling: a fact relates two distinct entities
+            objects = rng.sample(entities, per_relation)
+            if all(s != o for s, o in zip(subjects, objects)):
+                break
+        else:
+            raise ValueError("could not draw facts between distinct entities; use more entities")
+        facts += [(s, forward.name, o) for s, o in zip(subjects, objects)]
+    statements = split_facts(
+        facts, relations, both_fraction=both_fraction, held_out_direction=held_out_direction,
+        seed=rng.randrange(2**31),
+    )
+    source = dict(
+        generator="knowledge_graph", n_entities=n_entities, n_relations=n_relations,
+        facts_per_entity=facts_per_entity, both_fraction=both_fraction, held_out_direction=held_out_direction,
+        template=template, seed=seed,
+    )
+    return FactSet(relations=relations, statements=statements, source=source)
+
+
+def with_attributes(facts: FactSet, *, n_values: int = 20, relation: str = "lives_in", seed: int = 0) -> FactSet:
+    """``facts`` plus one unrelated, trained attribute fact per entity: ``e lives_in c_k``.
+
+    The values ``c0 .. c{n_values-1}`` are shared (many entities live in one city), the attribute
+    relation has no inverse, and its statements form the ``attribute`` split. Every entity is then
+    the subject of a trained statement, so its input embedding is trained.
+    """
+    if n_values < 1:
+        raise ValueError(f"n_values={n_values}: expected at least 1")
+    if relation in facts.relations:
+        raise ValueError(f"relation {relation!r} is already in the fact set")
+    rng = random.Random(seed)
+    entities = sorted({s.subject for s in facts.statements} | {s.object for s in facts.statements})
+    first_fact = 1 + max(s.fact for s in facts.statements)
+    added = tuple(
+        Statement(e, relation, f"c{rng.randrange(n_values)}", first_fact + k, "attribute", ATTRIBUTE)
+        for k, e in enumerate(entities)
+    )
+    relations = {**facts.relations, relation: Relation(relation, None, SYMBOLIC_TEMPLATE % relation)}
+    source = {**facts.source, "attributes": dict(relation=relation, n_values=n_values, seed=seed)}
+    return FactSet(relations=relations, statements=facts.statements + added, source=source)
 
 
 def chain_experiment(
