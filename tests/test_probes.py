@@ -1,0 +1,202 @@
+"""Answer-identity probes: the fitting routine on planted signals, and the analysis on the tiny trained run
+checked against probes computed by hand."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from revinterp.analysis.probes import ProbeResult, fit_identity_probe, normalize_targets, probe_answer_identity
+from revinterp.data import REVERSE_HELD_OUT, REVERSE_SEEN, encode_statements
+from revinterp.data.tokenizer import encode_words
+
+
+# == the fitting routine ==========================================================================
+def planted_signal(n_classes=200, code_dim=16, d_features=48, noise=0.3, seed=0):
+    """One example per class: features = code @ R + noise, for a fixed random linear map R (codes centred and
+    unit-norm, as the analysis prepares its targets)."""
+    gen = torch.Generator().manual_seed(seed)
+    codes = normalize_targets(torch.randn(n_classes, code_dim, generator=gen))
+    mixing = torch.randn(code_dim, d_features, generator=gen)
+    features = codes @ mixing + noise * torch.randn(n_classes, d_features, generator=gen)
+    return codes, features
+
+
+def test_probe_decodes_unseen_classes_of_a_planted_linear_signal():
+    codes, x = planted_signal()
+    train, test = torch.arange(120), torch.arange(120, 200)
+    probe = fit_identity_probe(x[train], train, codes)
+    # Test classes were never in the probe's softmax; decoded among all 200 (chance 0.005).
+    assert (probe.predict(x[test], codes) == test).float().mean().item() >= 0.95
+    assert (probe.predict(x[train], codes) == train).float().mean().item() == 1.0
+
+
+def test_probe_on_shuffled_labels_is_at_chance_on_unseen_classes():
+    codes, x = planted_signal()
+    train, test = torch.arange(120), torch.arange(120, 200)
+    shuffled = train[torch.randperm(120, generator=torch.Generator().manual_seed(1))]
+    probe = fit_identity_probe(x[train], shuffled, codes)
+    # 80 test rows, chance 1/200: more than 4 hits would mean the control learned the real map.
+    assert (probe.predict(x[test], codes) == test).float().mean().item() <= 0.05
+
+
+def test_probe_on_pure_noise_is_at_chance():
+    gen = torch.Generator().manual_seed(2)
+    codes, x = normalize_targets(torch.randn(200, 16, generator=gen)), torch.randn(200, 48, generator=gen)
+    probe = fit_identity_probe(x[:120], torch.arange(120), codes)
+    assert (probe.predict(x[120:], codes) == torch.arange(120, 200)).float().mean().item() <= 0.05
+
+
+def test_fit_is_the_regularised_optimum():
+    codes, x = planted_signal(n_classes=60, noise=1.0)
+    labels, weight_decay = torch.arange(40), 0.3
+    probe = fit_identity_probe(x[:40], labels, codes, weight_decay=weight_decay)
+    # Recompute the objective from its definition and check its gradient vanishes at the returned W.
+    z = (x[:40].double() - x[:40].double().mean(0)) / probe.scale
+    w = probe.weight.clone().requires_grad_(True)
+    t = codes.double()[:40]
+    loss = F.cross_entropy(z @ w @ t.T, labels) + 0.5 * weight_decay * w.pow(2).sum()
+    (grad,) = torch.autograd.grad(loss, w)
+    assert grad.norm().item() <= 1e-5 * max(probe.weight.norm().item(), 1.0)
+    assert probe.scale == pytest.approx((x[:40].double() - x[:40].double().mean(0)).pow(2).mean().sqrt().item())
+
+
+def test_classes_absent_from_the_labels_do_not_change_the_fit():
+    codes, x = planted_signal(n_classes=60)
+    with_unseen = fit_identity_probe(x[:40], torch.arange(40), codes)
+    seen_only = fit_identity_probe(x[:40], torch.arange(40), codes[:40])
+    torch.testing.assert_close(with_unseen.weight, seen_only.weight, rtol=1e-6, atol=1e-8)
+
+
+def test_constant_features_score_every_candidate_zero():
+    codes = torch.randn(10, 4)
+    probe = fit_identity_probe(torch.ones(6, 8), torch.arange(6), codes)
+    assert torch.equal(probe.scores(torch.ones(3, 8), codes), torch.zeros(3, 10))
+
+
+# == the analysis on the tiny trained run =========================================================
+@pytest.fixture(scope="module")
+def reverse_probe(tiny_run) -> ProbeResult:
+    return probe_answer_identity(tiny_run.model, tiny_run.facts, tokenizer=tiny_run.tokenizer, n_shuffles=2)
+
+
+def test_reverse_probe_layout_chance_and_statements(reverse_probe, tiny_facts):
+    r = reverse_probe
+    assert r.depth_labels == ("L0 resid_pre", "final")
+    assert r.position_labels == ("<bos>", "subject", "<-")
+    assert r.candidates == tuple(tiny_facts.candidates("<-"))
+    assert r.chance == pytest.approx(1 / 40)
+    assert r.train_statements == tiny_facts.split(REVERSE_SEEN)
+    assert r.test_statements == tiny_facts.split(REVERSE_HELD_OUT)
+    assert [r.candidates[i] for i in r.test_answers.tolist()] == [s.object for s in r.test_statements]
+    n_train, n_test = len(r.train_statements), len(r.test_statements)
+    assert r.cross_val_correct.shape == r.train_correct.shape == (2, 3, n_train)
+    assert r.test_scores.shape == (2, 3, n_test, 40)
+    assert r.control_train_correct.shape == (2, 2, 3, n_train)
+    for acc in (r.train_accuracy, r.cross_val_accuracy, r.test_accuracy, r.control_train_accuracy,
+                r.control_test_accuracy):
+        assert acc.shape == (2, 3) and acc.min() >= 0 and acc.max() <= 1
+
+
+def test_reverse_probe_scores_equal_a_probe_fitted_by_hand(reverse_probe, tiny_run):
+    model, facts, tok = tiny_run.model, tiny_run.facts, tiny_run.tokenizer
+    seen, held_out = facts.split(REVERSE_SEEN), facts.split(REVERSE_HELD_OUT)
+    candidates = facts.candidates("<-")
+    labels = torch.tensor([candidates.index(s.object) for s in seen + held_out])
+    ids = torch.tensor([encode_words(tok, [c])[0] for c in candidates])
+    targets = normalize_targets(model.W_U.detach().T[ids])
+    n = len(seen)
+    with torch.no_grad():
+        # Layer 0 at the subject: the residual stream is exactly the subject's token plus position embedding.
+        subjects = torch.tensor([encode_words(tok, [s.subject])[0] for s in seen + held_out])
+        x0 = model.W_E[subjects] + model.W_pos[1]
+        # Final residual stream at the relation token, from a cache of the prompts.
+        tokens = encode_statements(facts, seen + held_out, tok).tokens[:, :3]
+        _, cache = model.run_with_cache(tokens)
+        x_final = cache["blocks.0.hook_resid_post"][:, 2]
+    for depth, pos, x in ((0, 1, x0), (1, 2, x_final)):
+        probe = fit_identity_probe(x[:n], labels[:n], targets, weight_decay=reverse_probe.weight_decay)
+        torch.testing.assert_close(reverse_probe.test_scores[depth, pos], probe.scores(x[n:], targets),
+                                   rtol=1e-4, atol=1e-4)
+        hits = probe.scores(x[:n], targets).argmax(-1) == labels[:n]
+        assert torch.equal(reverse_probe.train_correct[depth, pos], hits)
+    assert torch.equal(reverse_probe.test_answers, labels[n:])
+
+
+def test_reverse_probe_reads_the_trained_answer_and_controls_stay_at_chance(reverse_probe):
+    r = reverse_probe
+    final, relation = r.depth_labels.index("final"), r.position_labels.index("<-")
+    # The model answers every seen reverse statement from here, so the probe fits them all ...
+    assert r.train_accuracy[final, relation].item() == 1.0
+    # ... and decodes seen pairs whose answer class it never saw far above chance (positive control).
+    assert r.cross_val_accuracy[final, relation].item() >= 5 * r.chance
+    # Shuffled labels: every site, two shuffles, true held-out answers; chance is 1/40.
+    assert r.control_test_accuracy.mean().item() <= 0.1
+    # <bos> is the same in every prompt: no information, every candidate tied, expected rank (M + 1) / 2.
+    bos = r.position_labels.index("<bos>")
+    assert not r.train_correct[:, bos].any() and not r.test_correct[:, bos].any()
+    assert torch.all(r.test_ranks[:, bos] == (len(r.candidates) + 1) / 2)
+    k = r.test_answers.unique().numel()
+    assert torch.all(r.test_ranks_within_test[:, bos] == (k + 1) / 2)
+
+
+def test_forward_probe_decodes_forward_facts_the_model_knows(tiny_run):
+    r = probe_answer_identity(tiny_run.model, tiny_run.facts, tokenizer=tiny_run.tokenizer, direction="forward",
+                              test_splits=("forward_only",), positions=[-1], layers=[-1], cv_folds=0)
+    assert r.depth_labels == ("final",) and r.position_labels == ("->",) and r.positions == (2,)
+    assert r.cross_val_correct.shape[-1] == 0
+    assert r.train_accuracy.item() == 1.0
+    # forward_only facts are trained: their answer B is readable (5 test rows, chance 1/40).
+    assert r.test_accuracy.item() >= 0.4
+
+
+def test_frame_plot_and_summary_agree_with_the_result(reverse_probe):
+    r = reverse_probe
+    frame = r.to_frame()
+    assert len(frame) == 5 * 2 * 3  # five sets, one split each, 2 depths x 3 positions
+    row = frame[(frame.set == "test") & (frame.depth == 1) & (frame.position == 2)].iloc[0]
+    assert row.accuracy == pytest.approx(r.test_accuracy[1, 2].item())
+    assert row.ci_low <= row.accuracy <= row.ci_high and row.chance == pytest.approx(1 / 40)
+    row = frame[(frame.set == "control_train") & (frame.depth == 1) & (frame.position == 1)].iloc[0]
+    assert row.accuracy == pytest.approx(r.control_train_accuracy[1, 1].item())
+    examples = r.to_frame(per_example=True)
+    n_train, n_test = len(r.train_statements), len(r.test_statements)
+    assert len(examples) == 6 * (2 * n_train + n_test + 2 * n_train + 2 * n_test)
+    assert len(r.plot().data) == 5 * 3
+    assert "chance 0.025" in r.summary()
+
+
+# == bad input ====================================================================================
+def test_model_in_train_mode_is_refused(tiny_run):
+    model = copy.deepcopy(tiny_run.model).train()
+    with pytest.raises(ValueError, match="eval mode"):
+        probe_answer_identity(model, tiny_run.facts, tokenizer=tiny_run.tokenizer)
+
+
+def test_split_with_one_statement_is_refused(tiny_run):
+    facts = tiny_run.facts
+    first = facts.split(REVERSE_HELD_OUT)[0]
+    thin = replace(facts, statements=tuple(s for s in facts.statements if s.split != REVERSE_HELD_OUT or s == first))
+    with pytest.raises(ValueError, match="'reverse_held_out' has 1 statement"):
+        probe_answer_identity(tiny_run.model, thin, tokenizer=tiny_run.tokenizer)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    (dict(hook="resid_middle"), "hook='resid_middle'.*expected one of"),
+    (dict(target="one_hot"), "target='one_hot'"),
+    (dict(direction="sideways"), "direction='sideways'"),
+    (dict(test_splits=("no_such_split",)), "no_such_split"),
+    (dict(test_splits=("forward_only",)), "forward statements.*direction='reverse'"),
+    (dict(test_splits=(REVERSE_SEEN,)), "both train and test"),
+    (dict(layers=[2]), r"layers=\[2\]"),
+    (dict(positions=[3]), r"positions=\[3\]"),
+    (dict(cv_folds=1), "cv_folds=1"),
+    (dict(weight_decay=0.0), "weight_decay=0.0"),
+])
+def test_bad_arguments_are_refused(tiny_run, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        probe_answer_identity(tiny_run.model, tiny_run.facts, tokenizer=tiny_run.tokenizer, **kwargs)
