@@ -1,4 +1,4 @@
-"""The ``revinterp`` command: train a model on relational facts and evaluate it per split.
+"""The ``revinterp`` command: train on relational facts, evaluate per split, analyze, report.
 
 Heavy modules (torch, TransformerLens) are imported inside the commands so ``--help`` stays fast.
 """
@@ -74,19 +74,47 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model and print its behaviour per split",
                        description="Train a model from scratch, write a run directory, and print accuracy per "
                                    "split with 95%% bootstrap intervals beside chance (1/M for M candidates).")
-    add_data_options(t)
-    add_model_options(t)
-    t.add_argument("--seed", type=int, default=0, help="seed of the facts, the initial weights and the data order")
-    t.add_argument("--out", type=Path, help="run directory to create (default runs/PRESET-seedSEED)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    add_output_options(t)
+    add_run_options(t)
+
+    r = sub.add_parser("run", help="the whole pipeline: train, evaluate, analyze, write report.html",
+                       description="Train (or resume), evaluate, run every analysis and write a self-contained "
+                                   "report.html into the run directory. With several --seeds, one run directory "
+                                   "per seed and a summary over seeds with bootstrap intervals.")
+    add_run_options(r)
+    r.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                   help="several seeds: one run per seed under --out (default runs/PRESET), seed-SEED each")
+    r.add_argument("--max-pairs", type=int, default=200, help="prompt pairs per split in the patching analyses")
 
     e = sub.add_parser("eval", help="evaluate a run directory per split",
                        description="Evaluate a trained run on every split of its facts.")
     e.add_argument("run_dir", type=Path, help="a run directory written by 'revinterp train'")
     e.add_argument("--checkpoint", type=Path, help="evaluate this checkpoint file instead of the final weights")
     add_output_options(e)
+
+    a = sub.add_parser("analyze", help="run the analyses on a trained run and write its report",
+                       description="Run every analysis of the report on a trained run (patching, attribution, "
+                                   "effective weights, probes, gradients, starvation, dynamics), save them under "
+                                   "RUN_DIR/analysis/ and write RUN_DIR/report.html.")
+    a.add_argument("run_dir", type=Path, help="a run directory written by 'revinterp train' or 'revinterp run'")
+    a.add_argument("--max-pairs", type=int, default=200, help="prompt pairs per split in the patching analyses")
+    add_output_options(a)
+
+    p = sub.add_parser("report", help="rebuild report.html from saved analyses (no training, no analysis)",
+                       description="Rebuild RUN_DIR/report.html from RUN_DIR/analysis/ without running a model.")
+    p.add_argument("run_dir", type=Path, help="a run directory analysed by 'revinterp analyze' or 'revinterp run'")
+    p.add_argument("--json", action="store_true", help="print the report's path as JSON")
     return parser
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    add_data_options(p)
+    add_model_options(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of the facts, the initial weights and the data order")
+    p.add_argument("--out", type=Path, help="run directory to create (default runs/PRESET-seedSEED)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint (a finished run is kept as it is); "
+                        "without it an existing --out is refused, never overwritten")
+    add_output_options(p)
 
 
 def add_output_options(p: argparse.ArgumentParser) -> None:
@@ -146,28 +174,71 @@ def configs(args):
     return model, training
 
 
-def report(behaviour, args, header: str) -> None:
+def show(behaviour, args, header: str, extra: dict | None = None) -> None:
     if args.json:
-        print(json.dumps(behaviour.to_dict(), indent=1))
+        print(json.dumps({**behaviour.to_dict(), **(extra or {})}, indent=1))
     else:
         print(header)
         print(behaviour.summary())
 
 
-def cmd_train(args) -> int:
+def train_and_evaluate(args, seed: int, out: Path):
     from revinterp.evaluation import evaluate
     from revinterp.io import atomic_write_text
     from revinterp.training import train
 
+    args = argparse.Namespace(**{**vars(args), "seed": seed})
     facts = make_facts(args)
     model_config, training_config = configs(args)
-    out = args.out or Path("runs") / f"{args.preset}-seed{args.seed}"
-    result = train(facts, model_config, training_config, out, resume=args.resume, device=args.device,
-                   progress=not args.quiet)
+    result = train(facts, model_config, training_config, out, resume=args.resume,
+                   device=args.device, progress=not args.quiet)
     behaviour = evaluate(result.model, facts)
     atomic_write_text(out / "behaviour.json", json.dumps(behaviour.to_dict(), indent=1))
     status = "fitted" if result.fitted else "NOT fitted (train longer: --steps)"
-    report(behaviour, args, f"run {out}: {result.steps} steps, {status}")
+    return behaviour, f"run {out}: {result.steps} steps, {status}"
+
+
+def cmd_train(args) -> int:
+    out = args.out or Path("runs") / f"{args.preset}-seed{args.seed}"
+    behaviour, header = train_and_evaluate(args, args.seed, out)
+    show(behaviour, args, header)
+    return 0
+
+
+def analyze_and_report(run_dir: Path, args) -> Path:
+    from revinterp.viz.report import analyze, write_report
+
+    analyze(run_dir, device=args.device, progress=not args.quiet, max_pairs=args.max_pairs).save(run_dir)
+    return write_report(run_dir)
+
+
+def cmd_run(args) -> int:
+    seeds = args.seeds or [args.seed]
+    if len(seeds) == 1:
+        out = args.out or Path("runs") / f"{args.preset}-seed{seeds[0]}"
+        behaviour, header = train_and_evaluate(args, seeds[0], out)
+        path = analyze_and_report(out, args)
+        show(behaviour, args, f"{header}\nreport: {path}", {"report": str(path)})
+        return 0
+    from revinterp.evaluation import over_seeds
+
+    root = args.out or Path("runs") / args.preset
+    behaviours, reports = [], []
+    for seed in seeds:
+        behaviour, header = train_and_evaluate(args, seed, root / f"seed-{seed}")
+        reports.append(str(analyze_and_report(root / f"seed-{seed}", args)))
+        behaviours.append(behaviour)
+        if not args.json:
+            print(header)
+    summary = over_seeds(behaviours)
+    if args.json:
+        print(json.dumps({"seeds": seeds, "splits": {k: {m: e.to_dict() for m, e in v.items()}
+                                                      for k, v in summary.items()}, "reports": reports}, indent=1))
+    else:
+        print(f"over {len(seeds)} seeds (mean [95% bootstrap CI over seeds]):")
+        for split, metrics in summary.items():
+            print(f"  {split:<24}" + "  ".join(f"{m} {e}" for m, e in metrics.items()))
+        print("reports: " + ", ".join(reports))
     return 0
 
 
@@ -177,7 +248,24 @@ def cmd_eval(args) -> int:
 
     run = load_run(args.run_dir, checkpoint=args.checkpoint, device=args.device)
     behaviour = evaluate(run.model, run.facts)
-    report(behaviour, args, f"run {args.run_dir}" + (f", checkpoint {args.checkpoint}" if args.checkpoint else ""))
+    show(behaviour, args, f"run {args.run_dir}" + (f", checkpoint {args.checkpoint}" if args.checkpoint else ""))
+    return 0
+
+
+def cmd_analyze(args) -> int:
+    from revinterp.models import read_model_config
+
+    read_model_config(args.run_dir)  # a clear error for a directory that is not a run
+    path = analyze_and_report(args.run_dir, args)
+    print(json.dumps({"report": str(path)}) if args.json else f"report: {path}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from revinterp.viz.report import write_report
+
+    path = write_report(args.run_dir)
+    print(json.dumps({"report": str(path)}) if args.json else f"report: {path}")
     return 0
 
 
@@ -186,8 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     from revinterp.data import FactFileError, UnknownWordError
     from revinterp.models import CheckpointError
 
+    commands = {"train": cmd_train, "run": cmd_run, "eval": cmd_eval, "analyze": cmd_analyze, "report": cmd_report}
     try:
-        return {"train": cmd_train, "eval": cmd_eval}[args.command](args)
+        return commands[args.command](args)
     except (FactFileError, UnknownWordError, CheckpointError, FileExistsError, ValueError) as e:
         print(f"revinterp {args.command}: error: {e}", file=sys.stderr)
         return 2

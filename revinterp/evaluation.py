@@ -163,6 +163,22 @@ class Behaviour:
         return fig
 
 
+def over_seeds(behaviours: Sequence[Behaviour], metrics: Sequence[str] = ("accuracy", "mean_rank", "logprob_candidates")
+               ) -> dict[str, dict[str, Estimate]]:
+    """Split means across runs with different seeds, each with a bootstrap interval over seeds.
+
+    Every run contributes one number per split and metric (its split mean), so the interval says how
+    much the result moves from seed to seed, not from example to example.
+    """
+    if not behaviours:
+        raise ValueError("over_seeds needs at least one run's behaviour")
+    splits = [name for name in behaviours[0].splits if all(name in b.splits for b in behaviours)]
+    return {
+        split: {m: bootstrap_ci([b[split].metrics()[m] for b in behaviours]) for m in metrics}
+        for split in splits
+    }
+
+
 def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
