@@ -97,6 +97,23 @@ class PromptPairs:
         return cls(tokens[: len(clean)], tokens[len(clean):], first(clean_answers), first(corrupted_answers), labels)
 
 
+def position_labels(clean: Int[Tensor, "batch pos"], corrupted: Int[Tensor, "batch pos"], tokenizer) -> tuple[str, ...]:
+    """Names of the prompt positions: ``<bos>``, ``subject`` (``subject[k]`` for several tokens) where clean and
+    corrupted prompts differ, the word itself where every prompt has the same one, else ``relation``."""
+    differs = (clean != corrupted).any(0).tolist()
+    n_subject = sum(differs)
+    labels, k = [], 0
+    for p in range(clean.shape[1]):
+        if differs[p]:
+            labels.append("subject" if n_subject == 1 else f"subject[{k}]")
+            k += 1
+        elif (clean[:, p] == clean[0, p]).all():
+            labels.append(tokenizer.convert_ids_to_tokens(int(clean[0, p])))
+        else:
+            labels.append("relation")
+    return tuple(labels)
+
+
 def make_prompt_pairs(
     facts: FactSet,
     split: str,
@@ -148,13 +165,7 @@ def make_prompt_pairs(
         raise ValueError(f"split {split!r}: every candidate pair has answers with the same first token")
     ci = torch.tensor([i for i, _ in keep])
     cj = torch.tensor([j for _, j in keep])
-    first = statements[keep[0][0]]
-    n_subject = len(first.subject.split())
-    words = tokenizer.convert_ids_to_tokens(tokens[ci[0]].tolist())
-    labels = tuple(
-        "<bos>" if p == 0 else (f"subject[{p - 1}]" if n_subject > 1 else "subject") if p <= n_subject else words[p]
-        for p in range(length)
-    ) if facts.relations[first.relation].template.startswith("{subject}") else tuple(words)
+    labels = position_labels(tokens[ci], tokens[cj], tokenizer)
     return PromptPairs(
         clean=tokens[ci], corrupted=tokens[cj], clean_answer=answers[ci], corrupted_answer=answers[cj],
         labels=labels, statements=tuple(statements[i] for i in ci.tolist()),
