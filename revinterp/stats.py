@@ -59,3 +59,37 @@ def bootstrap_ci(
     alpha = (1 - confidence) / 2
     low, high = torch.quantile(means, torch.tensor([alpha, 1 - alpha], dtype=torch.float64)).tolist()
     return Estimate(mean, low, high, n, confidence)
+
+
+RESAMPLE_BLOCK = 256  # resamples drawn at a time: bounds the memory, same draws as one call
+
+
+def normalized_ci(
+    values: Float[Tensor, "site batch"],
+    clean: Float[Tensor, " batch"],
+    corrupted: Float[Tensor, " batch"],
+    *,
+    confidence: float,
+    n_resamples: int,
+    seed: int,
+) -> list[Estimate]:
+    """Percentile-bootstrap intervals of the normalized effect
+    ``(mean values - mean corrupted) / (mean clean - mean corrupted)`` per site, resampling examples jointly
+    (paired, a ratio of means); the resamples are those of :func:`bootstrap_ci` with the same seed."""
+    n = values.shape[-1]
+    x = torch.cat([values, clean[None], corrupted[None]]).double().cpu()
+    point = (x[:-2].mean(1) - x[-1].mean()) / (x[-2].mean() - x[-1].mean())
+    gen = torch.Generator().manual_seed(seed)
+    ratios = []
+    for start in range(0, n_resamples, RESAMPLE_BLOCK):  # blocks bound the memory; same draws as one call
+        index = torch.randint(n, (min(RESAMPLE_BLOCK, n_resamples - start), n), generator=gen)
+        counts = torch.zeros(index.shape, dtype=torch.float64).scatter_add_(
+            1, index, torch.ones(index.shape, dtype=torch.float64)
+        )  # how often each example is drawn
+        means = x @ counts.T / n  # [site + 2, resample]
+        ratios.append((means[:-2] - means[-1]) / (means[-2] - means[-1]))
+    alpha = (1 - confidence) / 2
+    bounds = torch.quantile(torch.cat(ratios, dim=1), torch.tensor([alpha, 1 - alpha], dtype=torch.float64), dim=1)
+    return [
+        Estimate(point[i].item(), bounds[0, i].item(), bounds[1, i].item(), n, confidence) for i in range(len(point))
+    ]
