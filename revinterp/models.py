@@ -208,7 +208,7 @@ def load_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, devic
 
     Args:
         run_dir: the run directory.
-        checkpoint: a checkpoint file (e.g. ``run_dir / "checkpoints/step_000100.safetensors"``)
+        checkpoint: a checkpoint file (e.g. ``run_dir / "checkpoints/step_0000100.safetensors"``)
             to load instead of the final weights.
         device: where to put the model; default :func:`default_device`.
 

@@ -391,7 +391,11 @@ def exponent_vs_dimension(
 
     Args:
         dims: embedding dimensions to compare.
-        n_pairs, steps, held_out, device, dtype: as in :func:`train_bilinear`.
+        n_pairs: as in :func:`train_bilinear`.
+        steps: as in :func:`train_bilinear`.
+        held_out: as in :func:`train_bilinear`.
+        device: as in :func:`train_bilinear`.
+        dtype: as in :func:`train_bilinear`.
         lr: step size; ``None`` uses ``2 N`` with ``N = 2n - held_out`` training examples (each example's own
             step is then 2).
         seeds: embedding seeds, the same at every dimension.

@@ -1,0 +1,114 @@
+"""Study 3: transitivity (chain data): hops are learned, held-out composed facts are not, over seeds.
+
+    python analyses/chain.py
+    python analyses/chain.py --quick
+
+``chain_experiment(200)``: chains ``x_i -> y_i``, ``y_i -> z_i`` and the composed ``x_i ~> z_i``, 30 % of the
+composed facts held out (Zhu et al. 2024, section 5). Per seed: accuracy among the M candidates of every split
+(chance 1/M), and the end-to-end effective weight ``Y[x_i, z_i]`` (logit of ``z_i`` after ``<bos> x_i ~>``, row
+centred) minus the mean over the other held-out answers (``weights.effective_weights(path="end_to_end")``): zero
+when nothing ties ``x_i`` to its own ``z_i``.
+"""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+from common import Study, behaviour_over_seeds, ci, est, parser, rank_versus, seed_ci_table, versus
+
+from revinterp.analysis.weights import effective_weights
+from revinterp.data import chain_experiment
+from revinterp.evaluation import evaluate
+from revinterp.models import load_run
+
+HELD_OUT = "chain_composed_held_out"
+
+
+def main() -> None:
+    p = parser("chain", __doc__.splitlines()[0])
+    p.add_argument("--n-chains", type=int, default=None, help="chains (default 200; --quick 40)")
+    p.add_argument("--held-out-fraction", type=float, default=0.3, help="composed facts held out (default 0.3)")
+    args = p.parse_args()
+    study = Study("chain", "Chains: hops are learned, held-out composed facts are not", args)
+    n_chains = args.n_chains or study.size(200, 40)
+
+    per_seed, behaviours = [], []
+    for seed in study.seeds:
+        facts = chain_experiment(n_chains, composed_held_out_fraction=args.held_out_fraction, seed=seed)
+        run_dir = study.train(f"chain-seed{seed}", facts, seed)
+        run = load_run(run_dir)
+        behaviour = evaluate(run.model, run.facts)
+        behaviours.append(behaviour)
+        weights = effective_weights(run.model, run.facts, path="end_to_end")
+        per_seed.append(dict(seed=seed, run=study.run_log[-1], splits=behaviour.to_dict()["splits"],
+                             effective_weight_effect={s: weights.estimate(s) for s in weights.splits}))
+        if seed == study.seeds[0]:
+            study.figure(behaviour.plot(), "behaviour_seed0", f"Seed {seed}: accuracy per split with 95 % intervals "
+                                                              "over examples; markers: chance 1/M.")
+            study.figure(weights.plot(relation="~>"), "effective_weights_composed_seed0",
+                         f"Seed {seed}: end-to-end effective weights of the composed relation ~> (left: Y[x, z], "
+                         "facts on the diagonal, rows and columns ordered by split), right: mean effect per split "
+                         "(split baseline) with 95 % intervals over facts.")
+
+    splits = behaviour_over_seeds(behaviours)
+    weight_effect = {s: ci([r["effective_weight_effect"][s].mean for r in per_seed])
+                     for s in per_seed[0]["effective_weight_effect"]}
+    aggregates = dict(splits=splits, effective_weight_effect=weight_effect,
+                      steps=ci([r["run"]["steps"] for r in per_seed]),
+                      all_fitted=all(r["run"]["fitted"] for r in per_seed))
+
+    fig = go.Figure()
+    names = list(splits)
+    values = [splits[s]["accuracy"] for s in names]
+    fig.add_bar(x=names, y=[v.mean for v in values], name="accuracy",
+                error_y=dict(type="data", symmetric=False, array=[v.high - v.mean for v in values],
+                             arrayminus=[v.mean - v.low for v in values]))
+    fig.add_hline(y=splits[HELD_OUT]["chance_accuracy"])
+    fig.update_layout(title=f"Chain data: accuracy per split over {len(study.seeds)} seeds (95 % CI over seeds; "
+                            "dotted: chance)", yaxis_title="accuracy")
+    study.figure(fig, "accuracy_over_seeds", "Accuracy among the M candidates per split, mean over seeds with 95 % "
+                                             "bootstrap intervals over seeds; the dotted line is chance 1/M.")
+    fig = go.Figure()
+    names = list(weight_effect)
+    fig.add_bar(x=names, y=[weight_effect[s].mean for s in names], name="effect",
+                error_y=dict(type="data", symmetric=False,
+                             array=[weight_effect[s].high - weight_effect[s].mean for s in names],
+                             arrayminus=[weight_effect[s].mean - weight_effect[s].low for s in names]))
+    fig.update_layout(title="End-to-end effective weight of each fact minus its split baseline (95 % CI over seeds)",
+                      yaxis_title="Y[subject, answer] - baseline")
+    study.figure(fig, "effective_weights_over_seeds", "End-to-end effective-weight effect per split (entry minus the "
+                                                      "row mean over the other answers of its split), mean over seeds "
+                                                      "with 95 % intervals over seeds.")
+
+    extra = {"_header": ("chance", "mean of per-seed example CIs", "effective-weight effect")}
+    for split, v in splits.items():
+        low, high = v["mean_example_accuracy_ci"]
+        extra[split] = (f"{100 * v['chance_accuracy']:.2f} %", f"[{100 * low:.1f}, {100 * high:.1f}] %",
+                        est(weight_effect[split]) if split in weight_effect else "-")
+    table = [f"Steps to fit {est(aggregates['steps'])}; all fitted: {aggregates['all_fitted']}.", ""]
+    table += seed_ci_table(splits, [("accuracy", "accuracy [95 % CI over seeds]", True),
+                                    ("mean_rank", "mean rank", False), ("logprob_candidates", "log p(cand)", False)],
+                           extra)
+    held = splits[HELD_OUT]
+    trained = [s for s, v in splits.items() if v["trained"]]
+    findings = [
+        "Trained splits (" + ", ".join(f"{s} {est(splits[s]['accuracy'], percent=True)}" for s in trained)
+        + f"); all runs fitted: {aggregates['all_fitted']}.",
+        f"Held-out composed facts x ~> z: accuracy {est(held['accuracy'], percent=True)} is "
+        f"{versus(held['accuracy'], held['chance_accuracy'])} chance ({100 * held['chance_accuracy']:.2f} %); "
+        f"mean rank {est(held['mean_rank'])} is {rank_versus(held['mean_rank'], held['chance_mean_rank'])} chance "
+        f"({held['chance_mean_rank']:.1f})"
+        + (": both hops are answered, their composition is not inferred."
+           if versus(held["accuracy"], held["chance_accuracy"]) != "above"
+           and min(splits[s]["accuracy"].mean for s in ("chain_first_hop", "chain_second_hop")) > 0.99
+           else "."),
+        f"End-to-end effective weight Y[x, z] of held-out composed facts minus its baseline: "
+        f"{est(weight_effect[HELD_OUT])} ({versus(weight_effect[HELD_OUT], 0.0)} zero), against "
+        f"{est(weight_effect['chain_composed_seen'])} for trained composed facts.",
+    ]
+    config = dict(generator="chain_experiment", n_chains=n_chains, composed_held_out_fraction=args.held_out_fraction,
+                  model=study.model_config(0), training=study.training_config(0))
+    study.finish(config=config, per_seed=per_seed, aggregates=aggregates, results_table=table, findings=findings)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,327 @@
+"""Shared helpers of the studies in ``analyses/``: arguments, training runs, intervals, JSON, figures, summaries.
+
+Every study script builds a :class:`Study` from its command line, trains its runs through :meth:`Study.train`
+(into ``<out>/runs/``, which is not committed), and ends with :meth:`Study.finish`, which writes
+
+- ``<out>/results.json``: one object with the configuration, the seeds, the per-seed numbers and the aggregates
+  (each with its 95 % percentile-bootstrap interval over seeds, :func:`revinterp.stats.bootstrap_ci`);
+- ``<out>/*.png``: the figures (:func:`revinterp.viz.static.save_png` of plotly figures);
+- ``<out>/summary.md``: the command that regenerates it, the configuration, the seeds, the figures and the
+  findings, every number of which is formatted from the results.
+
+Seeds: seed ``s`` fixes the data (the generator's ``seed``), the initial weights (``ModelConfig.seed``) and the
+batch order (``TrainingConfig.seed``), as ``revinterp train --seed s`` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from revinterp.models import MODEL_PRESETS, CheckpointError
+from revinterp.stats import Estimate, bootstrap_ci
+from revinterp.training import TRAINING_PRESETS, TrainingConfig, train
+from revinterp.viz.static import save_png
+
+ANALYSES = Path(__file__).resolve().parent
+DEFAULT_SEEDS = (0, 1, 2, 3, 4)
+QUICK_SEEDS = (0, 1)
+QUICK_PRESET = "tiny"
+QUICK_MAX_STEPS = 400
+TIMING_FILE = "analyses_timing.json"
+
+
+# == command line =================================================================================
+def parser(study: str, description: str) -> argparse.ArgumentParser:
+    """The options every study shares: ``--seeds``, ``--out``, ``--preset`` and ``--quick``."""
+    p = argparse.ArgumentParser(prog=f"analyses/{study}.py", description=description)
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help=f"seeds (default {' '.join(map(str, DEFAULT_SEEDS))}; with --quick "
+                        f"{' '.join(map(str, QUICK_SEEDS))})")
+    p.add_argument("--out", type=Path, default=None, help=f"output folder (default analyses/results/{study})")
+    p.add_argument("--preset", default="default", choices=sorted(MODEL_PRESETS),
+                   help="model and training preset (default: default)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"smoke test: the {QUICK_PRESET!r} preset, 2 seeds, small data, runs in a temporary folder")
+    return p
+
+
+# == intervals and verdicts =======================================================================
+def ci(values: Sequence[float] | torch.Tensor) -> Estimate:
+    """Mean with a 95 % percentile-bootstrap interval (over seeds when given one value per seed)."""
+    values = [float(v) for v in (values.tolist() if isinstance(values, torch.Tensor) else values)]
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return Estimate(math.nan, math.nan, math.nan, 0)
+    return bootstrap_ci(finite)
+
+
+def est(e: Estimate | dict, digits: int = 3, percent: bool = False) -> str:
+    """``"0.957 [0.949, 0.966]"`` (or in percent) from an Estimate or its JSON form."""
+    mean, low, high = (e.mean, e.low, e.high) if isinstance(e, Estimate) else (e["mean"], e["ci_low"], e["ci_high"])
+    if mean is None or not math.isfinite(mean):
+        return "n/a"
+    if percent:
+        return f"{100 * mean:.1f} % [{100 * low:.1f}, {100 * high:.1f}]"
+    return f"{mean:.{digits}g} [{low:.{digits}g}, {high:.{digits}g}]"
+
+
+def versus(e: Estimate | dict, reference: float) -> str:
+    """Where an interval lies against a reference value: ``"above"``, ``"below"`` or ``"indistinguishable from"``."""
+    low, high = (e.low, e.high) if isinstance(e, Estimate) else (e["ci_low"], e["ci_high"])
+    if low > reference:
+        return "above"
+    if high < reference:
+        return "below"
+    return "indistinguishable from"
+
+
+def rank_versus(e: Estimate | dict, chance_rank: float) -> str:
+    """A mean rank against the chance rank (higher rank = worse): ``"worse than"``, ``"better than"`` or
+    ``"indistinguishable from"``."""
+    side = versus(e, chance_rank)
+    return {"above": "worse than", "below": "better than"}.get(side, side)
+
+
+def jsonable(obj):
+    """Plain JSON values: Estimates as ``{mean, ci_low, ci_high, n}``, tensors as lists, NaN as null."""
+    if isinstance(obj, Estimate):
+        return jsonable(obj.to_dict())
+    if isinstance(obj, torch.Tensor):
+        return jsonable(obj.detach().cpu().tolist())
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return jsonable(dataclasses.asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_json(path: Path, obj) -> None:
+    """Write ``obj`` as JSON atomically (temporary file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(jsonable(obj), indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+PNG_LIMIT = 150_000  # bytes; larger figures (dense heatmaps) are stored with a 64-colour palette
+
+
+def shrink_png(path: Path) -> None:
+    """Re-save a large PNG with an adaptive 64-colour palette (dense heatmaps compress badly in full colour)."""
+    if path.stat().st_size <= PNG_LIMIT:
+        return
+    from PIL import Image
+
+    with Image.open(path) as image:
+        small = image.convert("RGB").quantize(colors=64, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    tmp = path.with_name(f".{path.name}.tmp")
+    small.save(tmp, format="PNG", optimize=True)
+    os.replace(tmp, path)
+
+
+# == the study ====================================================================================
+class Study:
+    """One study's output folder, its runs, its figures and its summary."""
+
+    def __init__(self, name: str, title: str, args: argparse.Namespace):
+        torch.set_num_threads(1)  # steadier on a shared 2-core machine
+        self.name, self.title, self.args = name, title, args
+        self.quick = bool(args.quick)
+        self.seeds = tuple(args.seeds) if args.seeds else (QUICK_SEEDS if self.quick else DEFAULT_SEEDS)
+        self.preset = QUICK_PRESET if self.quick else args.preset
+        default_out = ANALYSES / "results" / name
+        self.out = Path(args.out) if args.out else (
+            Path(tempfile.mkdtemp(prefix=f"revinterp-{name}-quick-")) if self.quick else default_out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.runs = self.out / "runs"
+        self.figures: list[tuple[str, str]] = []
+        self.run_log: list[dict] = []
+        self.started = time.time()
+        script = Path(sys.argv[0]).name
+        self.command = " ".join(["python", f"analyses/{script}", *map(shlex.quote, sys.argv[1:])])
+        self.log(f"{name}: seeds {list(self.seeds)}, preset {self.preset!r}, output {self.out}")
+
+    # -- configuration ---------------------------------------------------------------------------
+    def model_config(self, seed: int):
+        return dataclasses.replace(MODEL_PRESETS[self.preset], seed=seed)
+
+    def training_config(self, seed: int, **overrides) -> TrainingConfig:
+        """The preset's training configuration with ``seed``; ``--quick`` caps the steps at
+        :data:`QUICK_MAX_STEPS` (a smoke test need not fit)."""
+        config = dataclasses.replace(TRAINING_PRESETS[self.preset], seed=seed, **overrides)
+        if self.quick and config.max_steps > QUICK_MAX_STEPS:
+            config = dataclasses.replace(config, max_steps=QUICK_MAX_STEPS)
+        return config
+
+    def size(self, full: int, quick: int) -> int:
+        """A data size: ``full`` normally, ``quick`` with ``--quick``."""
+        return quick if self.quick else full
+
+    # -- runs ------------------------------------------------------------------------------------
+    def train(self, name: str, facts, seed: int, *, model_config=None, **training_overrides):
+        """Train (or reuse a finished run of exactly this configuration) into ``<out>/runs/<name>``.
+
+        Returns the run directory. A run directory holding another configuration is replaced.
+        """
+        run_dir = self.runs / name
+        model_config = model_config if model_config is not None else self.model_config(seed)
+        training_config = self.training_config(seed, **training_overrides)
+        t0 = time.time()
+        reused = (run_dir / "model.safetensors").is_file()
+        try:
+            result = train(facts, model_config, training_config, run_dir, resume=run_dir.exists(), progress=False)
+        except CheckpointError as e:
+            self.log(f"  {name}: replacing a run of another configuration ({str(e)[:80]}...)")
+            shutil.rmtree(run_dir)
+            reused = False
+            result = train(facts, model_config, training_config, run_dir, progress=False)
+        seconds = time.time() - t0
+        timing = run_dir / TIMING_FILE  # how long the run took to train, kept beside it for later invocations
+        if not reused or not timing.is_file():
+            timing.write_text(json.dumps({"train_seconds": round(seconds, 1), "reused": reused}))
+        train_seconds = json.loads(timing.read_text())["train_seconds"]
+        self.run_log.append(dict(run=name, seed=seed, steps=result.steps, fitted=result.fitted,
+                                 seconds=round(seconds, 1), train_seconds=train_seconds, reused=reused))
+        self.log(f"  trained {name}: {result.steps} steps, {'fitted' if result.fitted else 'NOT fitted'}, "
+                 f"{seconds:.0f} s")
+        return run_dir
+
+    def log(self, message: str) -> None:
+        print(f"[{time.time() - getattr(self, 'started', time.time()):7.0f} s] {message}", flush=True)
+
+    # -- figures ---------------------------------------------------------------------------------
+    def figure(self, fig, name: str, caption: str, **size) -> str:
+        """Save the plotly figure ``fig`` as ``<out>/<name>.png`` and list it in the summary."""
+        file = f"{name}.png"
+        save_png(fig, self.out / file, **size)
+        shrink_png(self.out / file)
+        self.figures.append((file, caption))
+        return file
+
+    # -- output ----------------------------------------------------------------------------------
+    def finish(self, *, config: dict, per_seed, aggregates: dict, results_table: list[str], findings: list[str],
+               notes: Sequence[str] = ()) -> None:
+        """Write ``results.json`` and ``summary.md``."""
+        seconds = time.time() - self.started
+        n_reused = sum(r["reused"] for r in self.run_log)
+        train_seconds = sum(r["train_seconds"] for r in self.run_log)
+        results = {
+            "study": self.name, "title": self.title, "command": self.command, "quick": self.quick,
+            "preset": self.preset, "seeds": list(self.seeds), "configuration": config, "per_seed": per_seed,
+            "aggregates": aggregates, "runs": self.run_log, "wall_seconds": round(seconds, 1),
+            "train_seconds_first_trained": round(train_seconds, 1),
+            "figures": [f for f, _ in self.figures],
+        }
+        write_json(self.out / "results.json", results)
+        lines = [
+            f"# {self.title}", "",
+            f"Regenerate with `{self.command}` (from the repository root; {seconds / 60:.1f} min wall clock on this "
+            f"2-core machine for this invocation, {len(self.run_log)} training runs"
+            + (f", {n_reused} of them reused from an earlier invocation" if n_reused else "")
+            + f"; training the runs took {train_seconds / 60:.1f} min in all when they were first trained"
+            + "). Numbers: `results.json`. Intervals are 95 % percentile-bootstrap intervals over seeds unless marked "
+            "as over examples.", "",
+        ]
+        if self.quick:
+            lines += ["**Smoke test (`--quick`): tiny preset, small data. Not a result.**", ""]
+        lines += ["## Configuration", ""]
+        lines += [f"- {key}: {_short(value)}" for key, value in config.items()]
+        lines += [f"- preset: `{self.preset}`; seeds: {' '.join(map(str, self.seeds))} (each seed fixes data, "
+                  "initial weights and batch order)", ""]
+        if notes:
+            lines += ["## Notes", "", *[f"- {n}" for n in notes], ""]
+        lines += ["## Results", "", *results_table, ""]
+        if self.figures:
+            lines += ["## Figures", ""]
+            for file, caption in self.figures:
+                lines += [f"![{file}]({file})", "", caption, ""]
+        lines += ["## What the numbers show", "", *[f"- {f}" for f in findings], ""]
+        (self.out / "summary.md").write_text("\n".join(lines))
+        self.log(f"wrote {self.out / 'results.json'} and {self.out / 'summary.md'} ({seconds:.0f} s)")
+
+
+def _short(value) -> str:
+    text = json.dumps(jsonable(value))
+    return f"`{text}`"
+
+
+BEHAVIOUR_METRICS = ("accuracy", "mean_rank", "logprob_candidates", "probability")
+
+
+def behaviour_over_seeds(behaviours: Sequence, metrics: Sequence[str] = BEHAVIOUR_METRICS) -> dict[str, dict]:
+    """Per split: each metric's mean over seeds with a 95 % interval over seeds (``evaluation.over_seeds``),
+    whether the split is trained, its size per seed, the chance baselines and the mean over seeds of each seed's
+    accuracy interval over examples."""
+    from revinterp.data import SPLITS
+    from revinterp.evaluation import over_seeds
+
+    out = {}
+    for split, values in over_seeds(behaviours, metrics).items():
+        rows = [b[split].metrics() for b in behaviours]
+
+        def mean(key: str, index: int | None = None, rows=rows) -> float:
+            return sum(r[key] if index is None else r[key][index] for r in rows) / len(rows)
+
+        out[split] = {
+            **values, "trained": SPLITS[split], "n_per_seed": [r["n"] for r in rows],
+            "chance_accuracy": mean("chance_accuracy"), "chance_mean_rank": mean("chance_mean_rank"),
+            "uniform_logprob_candidates": mean("uniform_logprob_candidates"),
+            "mean_example_accuracy_ci": [mean("accuracy_ci", 0), mean("accuracy_ci", 1)],
+        }
+    return out
+
+
+def head_heatmap(result, title: str):
+    """One heatmap of a per-head patching result (axes layer, pos, head): rows ``L{l}H{h}``, columns positions, one
+    colour scale for every head (the PNG export of the library's one-panel-per-head figure scales each panel on its
+    own)."""
+    import plotly.graph_objects as go
+
+    norm = result.normalized.detach().cpu()  # [layer, pos, head]
+    n_layers, n_pos, n_heads = norm.shape
+    z = norm.permute(0, 2, 1).reshape(n_layers * n_heads, n_pos)
+    fig = go.Figure(go.Heatmap(
+        z=z.tolist(), x=[f"{p}: {label}" for p, label in enumerate(result.labels)],
+        y=[f"L{layer}H{h}" for layer in range(n_layers) for h in range(n_heads)], colorscale="RdBu",
+        zmid=result.normalized_unpatched, colorbar=dict(title="normalized")))
+    fig.update_layout(title=title, yaxis_title="head", xaxis_title="position")
+    return fig
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence]) -> list[str]:
+    """A markdown table."""
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return out
+
+
+def seed_ci_table(per_split: dict[str, dict[str, Estimate]], metrics: Sequence[tuple[str, str, bool]],
+                  extra: dict[str, Sequence] | None = None) -> list[str]:
+    """Rows ``split | metric [CI] ...`` from ``{split: {metric: Estimate}}``; ``metrics`` are
+    ``(key, column title, percent)``; ``extra`` adds columns per split."""
+    header = ["split", *[title for _, title, _ in metrics], *((extra or {}).get("_header", ()))]
+    rows = []
+    for split, values in per_split.items():
+        row = [split, *[est(values[key], percent=percent) for key, _, percent in metrics]]
+        row += list((extra or {}).get(split, ()))
+        rows.append(row)
+    return table(header, rows)
