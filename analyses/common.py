@@ -30,9 +30,9 @@ from pathlib import Path
 
 import torch
 
-from revinterp.models import MODEL_PRESETS, CheckpointError
+from revinterp.models import MODEL_PRESETS, CheckpointError, default_device
 from revinterp.stats import Estimate, bootstrap_ci
-from revinterp.training import TRAINING_PRESETS, TrainingConfig, train
+from revinterp.training import TRAINING_PRESETS, TrainingConfig, train, versions
 from revinterp.viz.static import save_png
 
 ANALYSES = Path(__file__).resolve().parent
@@ -224,8 +224,11 @@ class Study:
         seconds = time.time() - self.started
         n_reused = sum(r["reused"] for r in self.run_log)
         train_seconds = sum(r["train_seconds"] for r in self.run_log)
+        environment = {**versions(), "git_commit": git_commit(), "device": str(default_device()),
+                       "torch_threads": torch.get_num_threads()}
         results = {
             "study": self.name, "title": self.title, "command": self.command, "quick": self.quick,
+            "environment": environment,
             "preset": self.preset, "seeds": list(self.seeds), "configuration": config, "per_seed": per_seed,
             "aggregates": aggregates, "runs": self.run_log, "wall_seconds": round(seconds, 1),
             "train_seconds_first_trained": round(train_seconds, 1),
@@ -246,7 +249,8 @@ class Study:
         lines += ["## Configuration", ""]
         lines += [f"- {key}: {_short(value)}" for key, value in config.items()]
         lines += [f"- preset: `{self.preset}`; seeds: {' '.join(map(str, self.seeds))} (each seed fixes data, "
-                  "initial weights and batch order)", ""]
+                  "initial weights and batch order)",
+                  "- environment: " + ", ".join(f"{k} {v}" for k, v in environment.items() if v is not None), ""]
         if notes:
             lines += ["## Notes", "", *[f"- {n}" for n in notes], ""]
         lines += ["## Results", "", *results_table, ""]
@@ -257,6 +261,21 @@ class Study:
         lines += ["## What the numbers show", "", *[f"- {f}" for f in findings], ""]
         (self.out / "summary.md").write_text("\n".join(lines))
         self.log(f"wrote {self.out / 'results.json'} and {self.out / 'summary.md'} ({seconds:.0f} s)")
+
+
+def git_commit() -> str | None:
+    """The repository's HEAD commit (with ``+changes`` when the tree differs from it), or None outside git."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "revinterp", "analyses"],
+                               cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+changes" if dirty else "")
 
 
 def _short(value) -> str:
