@@ -7,20 +7,36 @@
 composed facts held out (Zhu et al. 2024, section 5). Per seed: accuracy among the M candidates of every split
 (chance 1/M), and the end-to-end effective weight ``Y[x_i, z_i]`` (logit of ``z_i`` after ``<bos> x_i ~>``, row
 centred) minus the mean over the other held-out answers (``weights.effective_weights(path="end_to_end")``): zero
-when nothing ties ``x_i`` to its own ``z_i``.
+when nothing ties ``x_i`` to its own ``z_i``. The same lines of evidence as the reverse-path study, on composed
+prompts ``<bos> x_i ~>``, held-out against trained composed facts: residual-stream denoising (the raw logit-difference
+change at the strongest site, with an interval over prompt pairs: does anything carry z when x is given?) and a
+linear probe for z's identity (``probes.probe_answer_identity(direction="composed")``, fitted on trained composed
+facts, tested on held-out ones).
 """
 
 from __future__ import annotations
 
 import plotly.graph_objects as go
-from common import Study, behaviour_over_seeds, ci, est, parser, rank_versus, seed_ci_table, versus
+from common import (
+    Study,
+    behaviour_over_seeds,
+    ci,
+    est,
+    parser,
+    probe_summary,
+    rank_versus,
+    seed_ci_table,
+    strongest_site_effect,
+    versus,
+)
 
+from revinterp.analysis.probes import probe_answer_identity
 from revinterp.analysis.weights import effective_weights
 from revinterp.data import chain_experiment
 from revinterp.evaluation import evaluate
 from revinterp.models import load_run
 
-HELD_OUT = "chain_composed_held_out"
+HELD_OUT, SEEN = "chain_composed_held_out", "chain_composed_seen"
 
 
 def main() -> None:
@@ -39,9 +55,17 @@ def main() -> None:
         behaviour = evaluate(run.model, run.facts)
         behaviours.append(behaviour)
         weights = effective_weights(run.model, run.facts, path="end_to_end")
+        probes = probe_answer_identity(run.model, run.facts, direction="composed", tokenizer=run.tokenizer)
         per_seed.append(dict(seed=seed, run=study.run_log[-1], splits=behaviour.to_dict()["splits"],
-                             effective_weight_effect={s: weights.estimate(s) for s in weights.splits}))
+                             effective_weight_effect={s: weights.estimate(s) for s in weights.splits},
+                             patching={s: strongest_site_effect(run.model, run.facts, run.tokenizer, s)
+                                       for s in (SEEN, HELD_OUT)},
+                             probe=probe_summary(probes)))
         if seed == study.seeds[0]:
+            study.figure(probes.plot(), "probes_seed0", f"Seed {seed}: probe for z at the composed prompt, per depth "
+                                                        "and position: train, cross-validated (trained composed facts, "
+                                                        "unseen classes), held-out test, shuffled controls; dotted: "
+                                                        "chance.", width=12)
             study.figure(behaviour.plot(), "behaviour_seed0", f"Seed {seed}: accuracy per split with 95 % intervals "
                                                               "over examples; markers: chance 1/M.")
             study.figure(weights.plot(relation="~>"), "effective_weights_composed_seed0",
@@ -52,7 +76,12 @@ def main() -> None:
     splits = behaviour_over_seeds(behaviours)
     weight_effect = {s: ci([r["effective_weight_effect"][s].mean for r in per_seed])
                      for s in per_seed[0]["effective_weight_effect"]}
-    aggregates = dict(splits=splits, effective_weight_effect=weight_effect,
+    patching = {s: ci([r["patching"][s]["effect"].mean for r in per_seed]) for s in (SEEN, HELD_OUT)}
+    patching_nonzero = {s: sum(not (r["patching"][s]["effect"].low <= 0 <= r["patching"][s]["effect"].high)
+                               for r in per_seed) for s in (SEEN, HELD_OUT)}
+    probe = {k: ci([r["probe"][k] for r in per_seed]) for k in ("final_cv", "final_test", "final_control_test")}
+    aggregates = dict(splits=splits, effective_weight_effect=weight_effect, patching=patching,
+                      patching_nonzero=patching_nonzero, probe=probe, probe_chance=per_seed[0]["probe"]["chance"],
                       steps=ci([r["run"]["steps"] for r in per_seed]),
                       all_fitted=all(r["run"]["fitted"] for r in per_seed))
 
@@ -105,6 +134,16 @@ def main() -> None:
         f"{est(weight_effect[HELD_OUT])} ({versus(weight_effect[HELD_OUT], 0.0)} zero), against "
         f"{est(weight_effect['chain_composed_seen'])} for trained composed facts.",
     ]
+    findings.append(
+        f"Patching composed prompts (residual stream, strongest site): restoring the clean run changes the held-out "
+        f"logit difference by {est(patching[HELD_OUT])} ({versus(patching[HELD_OUT], 0.0)} zero; distinguishable "
+        f"from zero over prompt pairs in {patching_nonzero[HELD_OUT]} of {len(per_seed)} seeds), against "
+        f"{est(patching[SEEN])} for trained composed facts ({patching_nonzero[SEEN]} of {len(per_seed)} seeds).")
+    findings.append(
+        f"Probe for z at the last position of the final residual stream: held-out composed facts "
+        f"{est(probe['final_test'])} (chance {aggregates['probe_chance']:.3f}; shuffled-label control "
+        f"{est(probe['final_control_test'])}), where trained composed facts of unseen classes give "
+        f"{est(probe['final_cv'])} (cross-validated).")
     config = dict(generator="chain_experiment", n_chains=n_chains, composed_held_out_fraction=args.held_out_fraction,
                   model=study.model_config(0), training=study.training_config(0))
     study.finish(config=config, per_seed=per_seed, aggregates=aggregates, results_table=table, findings=findings)

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from revinterp.analysis.patching import patch_sweep
+from revinterp.analysis.prompts import make_prompt_pairs
 from revinterp.models import MODEL_PRESETS, CheckpointError, default_device
 from revinterp.stats import Estimate, bootstrap_ci
 from revinterp.training import TRAINING_PRESETS, TrainingConfig, train, versions
@@ -344,3 +346,28 @@ def seed_ci_table(per_split: dict[str, dict[str, Estimate]], metrics: Sequence[t
         row += list((extra or {}).get(split, ()))
         rows.append(row)
     return table(header, rows)
+
+
+def strongest_site_effect(model, facts, tokenizer, split: str) -> dict:
+    """Residual-stream denoising on ``split``'s prompt pairs: the raw logit-difference change (clean answer - corrupted
+    answer) at the site of largest mean effect, with a 95 % interval over pairs."""
+    pairs = make_prompt_pairs(facts, split, tokenizer).to(next(model.parameters()).device)
+    result = patch_sweep(model, pairs, "resid_pre")
+    effects = (result.values - result.corrupted).flatten(0, -2).cpu()  # [site, batch]
+    best = int(effects.mean(-1).abs().argmax())
+    site = result.sites()[best]
+    return dict(n_pairs=len(pairs), site=site.label(pairs.labels), effect=bootstrap_ci(effects[best]),
+                clean=bootstrap_ci(result.clean.cpu()), corrupted=bootstrap_ci(result.corrupted.cpu()))
+
+
+def probe_summary(result) -> dict:
+    """Probe accuracy at the final depth and last prompt position, and the best site by cross-validated accuracy."""
+    cv, test = result.cross_val_accuracy, result.test_accuracy
+    d, p = cv.shape[0] - 1, cv.shape[1] - 1
+    flat = int(torch.nan_to_num(cv, nan=-1).flatten().argmax())
+    bd, bp = divmod(flat, cv.shape[1])
+    return dict(chance=result.chance, final_cv=float(cv[d, p]), final_test=float(test[d, p]),
+                final_test_ci=bootstrap_ci(result.test_correct[d, p].double().cpu()),
+                best_site=f"{result.depth_labels[bd]} @{result.position_labels[bp]}", best_cv=float(cv[bd, bp]),
+                best_site_test=float(test[bd, bp]), max_test=float(test.max()),
+                final_control_test=float(result.control_test_accuracy[d, p]))

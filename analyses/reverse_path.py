@@ -44,11 +44,10 @@ prompts show where.
 from __future__ import annotations
 
 import plotly.graph_objects as go
-import torch
-from common import Study, ci, est, head_heatmap, parser, table, versus
+from common import Study, ci, est, head_heatmap, parser, probe_summary, strongest_site_effect, table, versus
 
 from revinterp.analysis.gradients import gradient_step_effects
-from revinterp.analysis.patching import SWEEP_COMPONENTS, localize, patch_sweep, patch_sweeps
+from revinterp.analysis.patching import SWEEP_COMPONENTS, localize, patch_sweeps
 from revinterp.analysis.probes import probe_answer_identity
 from revinterp.analysis.prompts import make_prompt_pairs
 from revinterp.analysis.starvation import starvation_report
@@ -82,30 +81,6 @@ def make_facts(setup: str, seed: int, sizes: dict):
     raise ValueError(f"unknown setup {setup!r}; expected one of {SETUPS}")
 
 
-def reverse_patching(model, facts, tokenizer, split: str) -> dict:
-    """Residual-stream denoising on ``split``: raw logit-difference change at the site of largest mean effect."""
-    pairs = make_prompt_pairs(facts, split, tokenizer).to(next(model.parameters()).device)
-    result = patch_sweep(model, pairs, "resid_pre")
-    effects = (result.values - result.corrupted).flatten(0, -2).cpu()  # [site, batch]
-    best = int(effects.mean(-1).abs().argmax())
-    site = result.sites()[best]
-    return dict(n_pairs=len(pairs), site=site.label(pairs.labels), effect=bootstrap_ci(effects[best]),
-                clean=bootstrap_ci(result.clean.cpu()), corrupted=bootstrap_ci(result.corrupted.cpu()))
-
-
-def probe_summary(result) -> dict:
-    """Probe accuracy at the final depth and last prompt position, and the best site by cross-validated accuracy."""
-    cv, test = result.cross_val_accuracy, result.test_accuracy
-    d, p = cv.shape[0] - 1, cv.shape[1] - 1
-    flat = int(torch.nan_to_num(cv, nan=-1).flatten().argmax())
-    bd, bp = divmod(flat, cv.shape[1])
-    return dict(chance=result.chance, final_cv=float(cv[d, p]), final_test=float(test[d, p]),
-                final_test_ci=bootstrap_ci(result.test_correct[d, p].double().cpu()),
-                best_site=f"{result.depth_labels[bd]} @{result.position_labels[bp]}", best_cv=float(cv[bd, bp]),
-                best_site_test=float(test[bd, bp]), max_test=float(test.max()),
-                final_control_test=float(result.control_test_accuracy[d, p]))
-
-
 def main() -> None:
     p = parser("reverse_path", __doc__.splitlines()[0])
     p.add_argument("--setups", nargs="+", default=list(SETUPS), choices=SETUPS)
@@ -128,7 +103,7 @@ def main() -> None:
             behaviour = evaluate(model, run.facts)
             record = dict(seed=seed, run=study.run_log[-1],
                           behaviour={s: behaviour[s].metrics() for s in (SEEN, HELD)})
-            record["patching"] = {s: reverse_patching(model, run.facts, tok, s) for s in (SEEN, HELD)}
+            record["patching"] = {s: strongest_site_effect(model, run.facts, tok, s) for s in (SEEN, HELD)}
             single_token = all(len(s.subject.split()) == 1 and len(s.object.split()) == 1
                                for s in run.facts.statements)
             if single_token:

@@ -11,8 +11,17 @@ import torch
 import torch.nn.functional as F
 
 from revinterp.analysis.probes import ProbeResult, fit_identity_probe, normalize_targets, probe_answer_identity
-from revinterp.data import REVERSE_HELD_OUT, REVERSE_SEEN, encode_statements
+from revinterp.data import (
+    CHAIN_COMPOSED_HELD_OUT,
+    CHAIN_COMPOSED_SEEN,
+    REVERSE_HELD_OUT,
+    REVERSE_SEEN,
+    build_tokenizer,
+    chain_experiment,
+    encode_statements,
+)
 from revinterp.data.tokenizer import encode_words
+from revinterp.models import MODEL_PRESETS, build_model, config_for_data
 
 
 # == the fitting routine ==========================================================================
@@ -152,6 +161,23 @@ def test_forward_probe_decodes_forward_facts_the_model_knows(tiny_run):
     assert r.train_accuracy.item() == 1.0
     # forward_only facts are trained: their answer B is readable (5 test rows, chance 1/40).
     assert r.test_accuracy.item() >= 0.4
+
+
+def test_composed_probe_reads_chain_prompts_for_z():
+    """On the chain data the default splits are the composed ones, the prompt is ``<bos> x ~>`` and the classes
+    are the composed relation's answers (an untrained model: the layout, not the accuracy, is under test)."""
+    facts = chain_experiment(12, composed_held_out_fraction=0.5, seed=0)
+    tokenizer = build_tokenizer(facts.vocabulary())
+    model = build_model(config_for_data(MODEL_PRESETS["tiny"], facts, tokenizer), tokenizer, device="cpu").eval()
+    r = probe_answer_identity(model, facts, direction="composed", tokenizer=tokenizer, cv_folds=0)
+    assert r.train_statements == facts.split(CHAIN_COMPOSED_SEEN)
+    assert r.test_statements == facts.split(CHAIN_COMPOSED_HELD_OUT)
+    assert r.position_labels == ("<bos>", "subject", "~>")
+    assert r.candidates == tuple(facts.candidates("~>"))
+    assert [r.candidates[i] for i in r.test_answers.tolist()] == [s.object for s in r.test_statements]
+    with pytest.raises(ValueError, match="direction='reverse'"):
+        probe_answer_identity(model, facts, tokenizer=tokenizer, train_splits=(CHAIN_COMPOSED_SEEN,),
+                              test_splits=(CHAIN_COMPOSED_HELD_OUT,))
 
 
 def test_frame_plot_and_summary_agree_with_the_result(reverse_probe):

@@ -66,6 +66,8 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from revinterp.data import (
+    CHAIN_COMPOSED_HELD_OUT,
+    CHAIN_COMPOSED_SEEN,
     FORWARD_HELD_OUT,
     FORWARD_SEEN,
     REVERSE_HELD_OUT,
@@ -77,7 +79,7 @@ from revinterp.data import (
 from revinterp.data.tokenizer import encode_words
 from revinterp.stats import bootstrap_ci
 
-DIRECTIONS = ("forward", "reverse")
+DIRECTIONS = ("forward", "reverse", "composed")
 TARGETS = ("unembed", "embed", "random_code")
 HOOKS = ("resid", "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 """``"resid"``: the residual stream before each layer and after the last one (``n_layers + 1`` depths);
@@ -86,6 +88,7 @@ the others: that hook of every layer (``n_layers`` depths)."""
 DEFAULT_SPLITS = {
     "reverse": ((REVERSE_SEEN,), (REVERSE_HELD_OUT,)),
     "forward": ((FORWARD_SEEN,), (FORWARD_HELD_OUT,)),
+    "composed": ((CHAIN_COMPOSED_SEEN,), (CHAIN_COMPOSED_HELD_OUT,)),
 }
 """(train splits, test splits) per direction."""
 
@@ -367,7 +370,7 @@ class ProbeResult:
         for p in range(len(self.positions)):
             fig.add_hline(y=self.chance, line_dash="dot", line_color="black", row=1, col=p + 1)
         fig.update_yaxes(range=[0, 1.05], title_text="top-1 accuracy", row=1, col=1)
-        answer = "A" if self.direction == "reverse" else "B"
+        answer = {"reverse": "A", "forward": "B", "composed": "z"}[self.direction]
         fig.update_layout(
             title=f"Linear probe for the {self.direction} answer {answer} ({self.target} targets, {self.hook}); "
                   f"{len(self.train_statements)} train, {len(self.test_statements)} test, "
@@ -433,13 +436,15 @@ def probe_answer_identity(
     fitted on ``train_splits`` (default ``reverse_seen``, pairs trained both ways) and tested on
     ``test_splits`` (default ``reverse_held_out``). ``"forward"`` mirrors it (``<bos> A_i ->`` decoding
     ``B_i``; default ``forward_seen`` -> ``forward_held_out``; ``forward_only`` is another useful test).
+    ``"composed"`` probes the chain data's ``<bos> x_i ~>`` for ``z_i`` (``chain_composed_seen`` ->
+    ``chain_composed_held_out``).
     The activations come from one ``run_with_cache`` of the prompts (no gradient). The probe, its targets
     and its controls are described in the module docstring (Alain & Bengio 2016; Hewitt & Liang 2019).
 
     Args:
         model: a ``TransformerBridge`` in eval mode; everything runs on its device.
         facts: the fact set the model was trained on.
-        direction: ``"reverse"`` or ``"forward"``; every statement of the splits must have it.
+        direction: ``"reverse"``, ``"forward"`` or ``"composed"``; every statement of the splits must have it.
         train_splits: splits whose statements the probe is fitted on.
         test_splits: splits it is tested on; disjoint from ``train_splits``.
         hook: which activations (:data:`HOOKS`); ``"resid"`` reads the residual stream before each layer
