@@ -200,6 +200,10 @@ class PatchingResult:
             out.append(Site(self.component, named["layer"], named.get("pos"), named.get("head")))
         return out
 
+    def site_labels(self) -> list[str]:
+        """:meth:`Site.label` of every site, in :meth:`sites` order."""
+        return [site.label(self.labels) for site in self.sites()]
+
     def estimates(
         self, *, normalized: bool = True, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0
     ) -> list[Estimate]:
