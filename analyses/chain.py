@@ -26,10 +26,10 @@ from common import (
     probe_summary,
     rank_versus,
     seed_ci_table,
-    strongest_site_effect,
     versus,
 )
 
+from revinterp.analysis.interventions import METHODS, compare_splits
 from revinterp.analysis.probes import probe_answer_identity
 from revinterp.analysis.weights import effective_weights
 from revinterp.data import chain_experiment
@@ -37,6 +37,16 @@ from revinterp.evaluation import evaluate
 from revinterp.models import load_run
 
 HELD_OUT, SEEN = "chain_composed_held_out", "chain_composed_seen"
+
+
+def interventions(run, splits: tuple[str, str]) -> dict:
+    """``compare_splits`` on the composed prompts: total effect, sites distinguishable from zero, largest sites."""
+    result = compare_splits(run.model, run.facts, splits, tokenizer=run.tokenizer)
+    return {s: dict(n_pairs=result.n_pairs[s], total=result.total[s],
+                    distinguishable={m: len(result.distinguishable(s, m)) for m in METHODS},
+                    tested={m: result.n_tested(s, m) for m in METHODS},
+                    largest={m: [(e.site, e.estimate) for e in result.largest(s, m, 3)] for m in METHODS})
+            for s in splits}
 
 
 def main() -> None:
@@ -58,8 +68,7 @@ def main() -> None:
         probes = probe_answer_identity(run.model, run.facts, direction="composed", tokenizer=run.tokenizer)
         per_seed.append(dict(seed=seed, run=study.run_log[-1], splits=behaviour.to_dict()["splits"],
                              effective_weight_effect={s: weights.estimate(s) for s in weights.splits},
-                             patching={s: strongest_site_effect(run.model, run.facts, run.tokenizer, s)
-                                       for s in (SEEN, HELD_OUT)},
+                             patching=interventions(run, (SEEN, HELD_OUT)),
                              probe=probe_summary(probes)))
         if seed == study.seeds[0]:
             study.figure(probes.plot(), "probes_seed0", f"Seed {seed}: probe for z at the composed prompt, per depth "
@@ -76,9 +85,12 @@ def main() -> None:
     splits = behaviour_over_seeds(behaviours)
     weight_effect = {s: ci([r["effective_weight_effect"][s].mean for r in per_seed])
                      for s in per_seed[0]["effective_weight_effect"]}
-    patching = {s: ci([r["patching"][s]["effect"].mean for r in per_seed]) for s in (SEEN, HELD_OUT)}
-    patching_nonzero = {s: sum(not (r["patching"][s]["effect"].low <= 0 <= r["patching"][s]["effect"].high)
+    patching = {s: ci([r["patching"][s]["total"].mean for r in per_seed]) for s in (SEEN, HELD_OUT)}
+    patching_nonzero = {s: sum(not (r["patching"][s]["total"].low <= 0 <= r["patching"][s]["total"].high)
                                for r in per_seed) for s in (SEEN, HELD_OUT)}
+    sites_nonzero = {s: {m: ci([r["patching"][s]["distinguishable"][m] for r in per_seed]) for m in METHODS}
+                     for s in (SEEN, HELD_OUT)}
+    n_tested = per_seed[0]["patching"][SEEN]["tested"]["patching"]
     probe = {k: ci([r["probe"][k] for r in per_seed]) for k in ("final_cv", "final_test", "final_control_test")}
     aggregates = dict(splits=splits, effective_weight_effect=weight_effect, patching=patching,
                       patching_nonzero=patching_nonzero, probe=probe, probe_chance=per_seed[0]["probe"]["chance"],
@@ -135,10 +147,14 @@ def main() -> None:
         f"{est(weight_effect['chain_composed_seen'])} for trained composed facts.",
     ]
     findings.append(
-        f"Patching composed prompts (residual stream, strongest site): restoring the clean run changes the held-out "
-        f"logit difference by {est(patching[HELD_OUT])} ({versus(patching[HELD_OUT], 0.0)} zero; distinguishable "
-        f"from zero over prompt pairs in {patching_nonzero[HELD_OUT]} of {len(per_seed)} seeds), against "
-        f"{est(patching[SEEN])} for trained composed facts ({patching_nonzero[SEEN]} of {len(per_seed)} seeds).")
+        f"Interventions on composed prompts: swapping the subject x changes the held-out logit difference by "
+        f"{est(patching[HELD_OUT])} ({versus(patching[HELD_OUT], 0.0)} zero; distinguishable from zero over prompt "
+        f"pairs in {patching_nonzero[HELD_OUT]} of {len(per_seed)} seeds), against {est(patching[SEEN])} for trained "
+        f"composed facts ({patching_nonzero[SEEN]} of {len(per_seed)} seeds). Sites distinguishable from zero "
+        f"(patching / attribution patching / DLA, mean per seed): held-out "
+        + " / ".join(f"{sites_nonzero[HELD_OUT][m].mean:.1f}" for m in METHODS) + ", trained "
+        + " / ".join(f"{sites_nonzero[SEEN][m].mean:.1f}" for m in METHODS)
+        + f" of {n_tested} patched sites (about 5 % of sites with no effect exclude zero by chance).")
     findings.append(
         f"Probe for z at the last position of the final residual stream: held-out composed facts "
         f"{est(probe['final_test'])} (chance {aggregates['probe_chance']:.3f}; shuffled-label control "

@@ -30,8 +30,6 @@ from pathlib import Path
 
 import torch
 
-from revinterp.analysis.patching import patch_sweep
-from revinterp.analysis.prompts import make_prompt_pairs
 from revinterp.models import MODEL_PRESETS, CheckpointError, default_device
 from revinterp.stats import Estimate, bootstrap_ci
 from revinterp.training import TRAINING_PRESETS, TrainingConfig, train, versions
@@ -346,18 +344,6 @@ def seed_ci_table(per_split: dict[str, dict[str, Estimate]], metrics: Sequence[t
         row += list((extra or {}).get(split, ()))
         rows.append(row)
     return table(header, rows)
-
-
-def strongest_site_effect(model, facts, tokenizer, split: str) -> dict:
-    """Residual-stream denoising on ``split``'s prompt pairs: the raw logit-difference change (clean answer - corrupted
-    answer) at the site of largest mean effect, with a 95 % interval over pairs."""
-    pairs = make_prompt_pairs(facts, split, tokenizer).to(next(model.parameters()).device)
-    result = patch_sweep(model, pairs, "resid_pre")
-    effects = (result.values - result.corrupted).flatten(0, -2).cpu()  # [site, batch]
-    best = int(effects.mean(-1).abs().argmax())
-    site = result.sites()[best]
-    return dict(n_pairs=len(pairs), site=site.label(pairs.labels), effect=bootstrap_ci(effects[best]),
-                clean=bootstrap_ci(result.clean.cpu()), corrupted=bootstrap_ci(result.corrupted.cpu()))
 
 
 def probe_summary(result) -> dict:
