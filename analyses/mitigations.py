@@ -209,14 +209,21 @@ def main() -> None:
                               "greedy over the vocabulary from the periodic evaluation:", ""]
         results_table += table(["variant", "seeds fitted", "first fitted step", "held-out at first fit",
                                 f"held-out at step {wd_steps}"], wd_rows)
-    results_table += ["", "Where the reverse path is (held-out reverse prompts):", ""]
+    results_table += ["", "Where the reverse path is (held-out reverse prompts). Normalized values divide by the "
+                          "clean - corrupted gap; for variants at chance that gap is about zero, so localization and "
+                          "head fractions are left out there (n/a):", ""]
+
+    def where(v: str, text: str) -> str:
+        return text if aggregates[v]["above_chance"] else "n/a"
+
     results_table += table(
         ["variant", "clean / corrupted logit diff", "localize: recovered", "chosen sites (seeds)",
          "top head per seed (normalized)", "top OV head: held-out / seen effect"],
         [[v, f"{est(aggregates[v]['clean_logit_diff'])} / {est(aggregates[v]['corrupted_logit_diff'])}",
-          est(aggregates[v]["recovered"]),
-          ", ".join(f"{s} ({n})" for s, n in sorted(aggregates[v]["chosen_counts"].items(), key=lambda x: -x[1])),
-          ", ".join(f"{s} ({x:.2f})" for s, x in aggregates[v]["top_heads"]),
+          where(v, est(aggregates[v]["recovered"])),
+          where(v, ", ".join(f"{s} ({n})" for s, n in sorted(aggregates[v]["chosen_counts"].items(),
+                                                              key=lambda x: -x[1]))),
+          where(v, ", ".join(f"{s} ({x:.2f})" for s, x in aggregates[v]["top_heads"])),
           f"{est(aggregates[v]['ov_top_held_out'])} / {est(aggregates[v]['ov_top_seen'])}"]
          for v in variants])
 
