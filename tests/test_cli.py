@@ -49,3 +49,27 @@ def test_help_is_fast_and_explains_options():
     heavy = subprocess.run([sys.executable, "-c", "import revinterp.cli, sys; print('torch' in sys.modules)"],
                            capture_output=True, text=True)
     assert heavy.stdout.strip() == "False"
+
+
+def test_run_builds_a_report_for_data_the_analyses_cannot_all_cover(tmp_path, capsys):
+    """`revinterp run` on chain data and on two-token entities: the analyses that need reverse pairs or single-token
+    entities say why they were not run, the others run; a second run into the same directory is refused."""
+    out = tmp_path / "chain"
+    args = ["run", "--preset", "tiny", "--data", "chain", "--n-pairs", "20", "--out", str(out), "--quiet",
+            "--device", "cpu"]
+    assert main(args) == 0
+    page = (out / "report.html").read_text()
+    for line in ("Gradient view: not run", "Probes: not run", "chain_composed_held_out ("):
+        assert line in page, line
+    capsys.readouterr()
+    before = (out / "report.html").read_bytes()
+    assert main(args) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (out / "report.html").read_bytes() == before
+
+    out = tmp_path / "shared"
+    assert main(["run", "--preset", "tiny", "--shared-tokens", "--tokens-per-entity", "2", "--n-pairs", "20",
+                 "--out", str(out), "--quiet", "--device", "cpu"]) == 0
+    page = (out / "report.html").read_text()
+    assert page.count("Effective weights: not computed") == 2  # the reverse-path and the dynamics sections
+    assert "reverse_held_out (" in page and "Linear probe" in page

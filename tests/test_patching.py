@@ -20,7 +20,7 @@ from revinterp.analysis.patching import (
     patch_sweep,
     patch_sweeps,
 )
-from revinterp.analysis.prompts import PromptPairs, make_prompt_pairs
+from revinterp.analysis.prompts import PromptPairs, make_prompt_pairs, prompt_length_counts
 from revinterp.data import seed_experiment
 from revinterp.models import MODEL_PRESETS, ModelConfig, build_model, config_for_data, tokenizer_for
 from revinterp.stats import bootstrap_ci
@@ -333,3 +333,22 @@ def test_localize_default_components_and_the_whole_attention_output(trained):
     assert not any(s.component == "head_out_by_pos" and s.pos == pairs.answer_position for s in loc.chosen)
     ci = loc.recovered_ci()
     assert ci.low == pytest.approx(1.0, abs=1e-9) and ci.high == pytest.approx(1.0, abs=1e-9)
+
+
+def test_prompt_pairs_of_several_lengths_need_a_chosen_length():
+    """Relation phrases of different lengths give prompts of different lengths: an error naming them unless one
+    length is chosen; then every pair has that length and uses only its statements."""
+    facts = seed_experiment(60, n_relations=6, template="natural", seed=0)
+    tokenizer = tokenizer_for(facts)
+    counts = prompt_length_counts(facts, "reverse_seen", tokenizer)
+    assert len(counts) > 1 and sum(counts.values()) == len(facts.split("reverse_seen"))
+    with pytest.raises(ValueError, match=r"several lengths .*pass prompt_length="):
+        make_prompt_pairs(facts, "reverse_seen", tokenizer)
+    for length in counts:
+        pairs = make_prompt_pairs(facts, "reverse_seen", tokenizer, prompt_length=length)
+        assert pairs.clean.shape[1] == pairs.corrupted.shape[1] == length
+        assert len(pairs) <= counts[length]
+        assert all(len(facts.prompt_words(s)) + 1 == length for s in pairs.statements)
+        assert all(a.relation == b.relation for a, b in zip(pairs.statements, pairs.corrupted_statements))
+    with pytest.raises(ValueError, match="prompt length 99"):
+        make_prompt_pairs(facts, "reverse_seen", tokenizer, prompt_length=99)

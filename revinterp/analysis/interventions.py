@@ -149,19 +149,22 @@ class SplitInterventions:
 
     def plot(self, method: str = "patching", k: int = 12):
         """Plotly bars: the total effect and the ``k`` sites of largest ``|effect|`` (over all splits), one bar
-        per split with its interval."""
+        per split with its interval. Sites are matched by their place in the sweep, so splits whose prompts have
+        different tokens at a position (``->`` against ``<-``) share a bar labelled with both."""
         import plotly.graph_objects as go
 
-        order: dict[str, float] = {}
-        for split in self.splits:
-            for e in self._effects(split, method):
-                order[e.site] = max(order.get(e.site, 0.0), abs(e.estimate.mean))
-        sites = sorted(order, key=lambda s: -order[s])[:k]
+        per_split = [self._effects(split, method) for split in self.splits]
+        n_sites = len(per_split[0])
+        if any(len(effects) != n_sites for effects in per_split):
+            raise ValueError(f"the splits {self.splits} have different sites (prompts of different lengths); plot "
+                             "a SplitInterventions of one prompt length")
+        size = [max(abs(effects[i].estimate.mean) for effects in per_split) for i in range(n_sites)]
+        chosen = sorted(range(n_sites), key=lambda i: -size[i])[:k]
+        names = [" | ".join(dict.fromkeys(effects[i].site for effects in per_split)) for i in chosen]
         fig = go.Figure()
-        for split in self.splits:
-            by_site = {e.site: e.estimate for e in self.effects[split][method]}
-            values = [self.total[split]] + [by_site[s] for s in sites]
-            fig.add_bar(x=["total (clean - corrupted)", *sites], y=[v.mean for v in values], name=split,
+        for split, effects in zip(self.splits, per_split):
+            values = [self.total[split]] + [effects[i].estimate for i in chosen]
+            fig.add_bar(x=["total (clean - corrupted)", *names], y=[v.mean for v in values], name=split,
                         error_y=dict(type="data", symmetric=False, array=[v.high - v.mean for v in values],
                                      arrayminus=[v.mean - v.low for v in values]))
         fig.update_layout(
@@ -180,6 +183,7 @@ def compare_splits(
     tokenizer=None,
     components: Sequence[str] = SWEEP_COMPONENTS,
     max_pairs: int | None = None,
+    prompt_length: int | None = None,
     confidence: float = 0.95,
     n_resamples: int = 2000,
     seed: int = 0,
@@ -193,6 +197,8 @@ def compare_splits(
         tokenizer: default ``model.tokenizer``.
         components: the patched components (:data:`~revinterp.analysis.patching.SWEEP_COMPONENTS`).
         max_pairs: at most this many prompt pairs per split (:func:`make_prompt_pairs`).
+        prompt_length: the prompt length to use where a split's prompts have several
+            (:func:`~revinterp.analysis.prompts.make_prompt_pairs`).
         confidence: the intervals' confidence level.
         n_resamples: bootstrap resamples per interval.
         seed: the pairing's and the bootstrap's seed.
@@ -206,7 +212,8 @@ def compare_splits(
     interval = dict(confidence=confidence, n_resamples=n_resamples, seed=seed)
     n_pairs, total, effects, patching, attribution, dla = {}, {}, {}, {}, {}, {}
     for split in splits:
-        pairs = make_prompt_pairs(facts, split, tokenizer, max_pairs=max_pairs, seed=seed).to(model_device(model))
+        pairs = make_prompt_pairs(facts, split, tokenizer, max_pairs=max_pairs, prompt_length=prompt_length,
+                                  seed=seed).to(model_device(model))
         sweeps = patch_sweeps(model, pairs, components)
         estimates = attribution_patch_components(model, pairs, components)
         parts = direct_logit_attribution(model, pairs)

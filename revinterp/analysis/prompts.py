@@ -14,6 +14,7 @@ first token.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -114,12 +115,19 @@ def position_labels(clean: Int[Tensor, "batch pos"], corrupted: Int[Tensor, "bat
     return tuple(labels)
 
 
+def prompt_length_counts(facts: FactSet, split: str, tokenizer) -> dict[int, int]:
+    """How many statements of ``split`` have each prompt length (in tokens, ``<bos>`` included)."""
+    encoded = encode_statements(facts, facts.split(split), tokenizer)
+    return dict(sorted(Counter(int(n) for n in encoded.prompt_lengths).items()))
+
+
 def make_prompt_pairs(
     facts: FactSet,
     split: str,
     tokenizer,
     *,
     max_pairs: int | None = None,
+    prompt_length: int | None = None,
     seed: int = 0,
 ) -> PromptPairs:
     """Clean/corrupted pairs for every statement of ``split`` (or a random ``max_pairs`` of them).
@@ -127,29 +135,43 @@ def make_prompt_pairs(
     Statements are grouped by relation and prompt length; within a group each statement is paired
     with another one by a random cyclic shift, so every subject is corrupted by a different subject
     of the same split. Pairs whose answers share their first token are dropped (their logit
-    difference is zero by construction). The largest group of equal prompt length is used when
-    lengths differ (patching needs aligned positions).
+    difference is zero by construction), and so is a statement that is the only one of its relation
+    and length in the split (it has no partner).
+
+    Patching needs aligned positions, so all pairs have one prompt length: when the split's prompts
+    have several lengths (multi-word names of different lengths, relation phrases of different
+    lengths), choose one with ``prompt_length`` (:func:`prompt_length_counts` gives the counts);
+    without it such a split is an error, never a silent subset.
+
+    Raises:
+        ValueError: fewer than two statements; prompts of several lengths and no ``prompt_length``; no
+            two statements of one relation at the chosen length; every candidate pair's answers share
+            their first token.
     """
     statements = facts.split(split)
     if len(statements) < 2:
         raise ValueError(f"split {split!r} has {len(statements)} statement(s); expected at least 2 for prompt pairs")
     encoded = encode_statements(facts, statements, tokenizer)
-    groups: dict[tuple[str, int], list[int]] = {}
-    for i, s in enumerate(statements):
-        groups.setdefault((s.relation, int(encoded.prompt_lengths[i])), []).append(i)
-    by_length: dict[int, list[list[int]]] = {}
-    for (_, length), rows in groups.items():
-        if len(rows) >= 2:
-            by_length.setdefault(length, []).append(rows)
-    if not by_length:
+    counts = Counter(int(n) for n in encoded.prompt_lengths)
+    if prompt_length is None and len(counts) > 1:
         raise ValueError(
-            f"split {split!r}: no two statements share a relation and a prompt length; "
-            "expected at least one such pair to corrupt a subject with another"
+            f"split {split!r}: prompts have several lengths (tokens: statements) {dict(sorted(counts.items()))}; "
+            "clean and corrupted prompts must align, so pass prompt_length= one of them to use its statements"
         )
-    length = max(by_length, key=lambda k: sum(map(len, by_length[k])))
+    length = prompt_length if prompt_length is not None else next(iter(counts))
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(statements):
+        if int(encoded.prompt_lengths[i]) == length:
+            groups.setdefault(s.relation, []).append(i)
+    pairable = [rows for rows in groups.values() if len(rows) >= 2]
+    if not pairable:
+        raise ValueError(
+            f"split {split!r}: no two statements share a relation and the prompt length {length} "
+            f"(lengths: {dict(sorted(counts.items()))}); expected at least one such pair to corrupt a subject"
+        )
     rng = random.Random(seed)
     clean_rows, corrupt_rows = [], []
-    for rows in by_length[length]:
+    for rows in pairable:
         order = rows[:]
         rng.shuffle(order)
         shift = rng.randrange(1, len(order))

@@ -180,6 +180,27 @@ def first_split(facts, names: tuple[str, ...]) -> str | None:
     return None
 
 
+MULTI_TOKEN_WEIGHTS = ("Effective weights: not computed, since they are token-to-token maps and the entities have "
+                       "several tokens.")
+
+
+def single_token_entities(facts) -> bool:
+    """Whether every entity of ``facts`` is one token (word), as the effective-weight maps need."""
+    return all(len(s.subject.split()) == 1 and len(s.object.split()) == 1 for s in facts.statements)
+
+
+def common_prompt_length(run, splits) -> int | None:
+    """The prompt length shared by most statements of ``splits`` when their prompts have several lengths (patching
+    needs one), else None."""
+    from revinterp.analysis.prompts import prompt_length_counts
+
+    counts: dict[int, int] = {}
+    for split in splits:
+        for length, n in prompt_length_counts(run.facts, split, run.tokenizer).items():
+            counts[length] = counts.get(length, 0) + n
+    return max(counts, key=counts.get) if len(counts) > 1 else None
+
+
 FORWARD_SPLITS = ("forward_seen", "forward_only", "chain_first_hop")
 SEEN_REVERSE_SPLITS = ("reverse_seen", "reverse_only")
 HELD_OUT_SPLITS = ("reverse_held_out", "forward_held_out", "chain_composed_held_out")
@@ -198,7 +219,7 @@ def analyze(run_dir: str | Path, *, device=None, progress: bool = True, max_pair
         ("behaviour", lambda: behaviour_section(run)),
         ("forward fact", lambda: forward_section(run, max_pairs)),
         ("reverse path", lambda: reverse_section(run, run_dir, max_pairs)),
-        ("dynamics", lambda: dynamics_section(run_dir, device)),
+        ("dynamics", lambda: dynamics_section(run_dir, device, run.facts)),
     ]
     sections = []
     bar = None
@@ -259,9 +280,12 @@ def forward_section(run, max_pairs: int) -> Section:
     if split is None:
         section.findings.append("No trained forward split with two or more facts: nothing to localize.")
         return section
-    pairs = make_prompt_pairs(run.facts, split, run.tokenizer, max_pairs=max_pairs)
+    length = common_prompt_length(run, (split,))
+    pairs = make_prompt_pairs(run.facts, split, run.tokenizer, max_pairs=max_pairs, prompt_length=length)
     section.findings.append(f"Prompt pairs: {len(pairs)} clean prompts of {split}, each corrupted by another "
-                            "subject of the same split; metric: logit difference clean answer - corrupted answer.")
+                            "subject of the same split; metric: logit difference clean answer - corrupted answer."
+                            + (f" The prompts have several lengths; those of {length} tokens are used." if length
+                               else ""))
     sweeps = patch_sweeps(run.model, pairs, SWEEP_COMPONENTS)
     for component, result in sweeps.items():
         (site, value), *_ = result.top(1)
@@ -300,7 +324,8 @@ def forward_section(run, max_pairs: int) -> Section:
     section.blocks.append(attention_block(run, pairs, heads, "attention_forward", title))
     held_out = first_split(run.facts, HELD_OUT_SPLITS)
     if held_out is not None:
-        reverse_pairs = make_prompt_pairs(run.facts, held_out, run.tokenizer, max_pairs=max_pairs)
+        reverse_pairs = make_prompt_pairs(run.facts, held_out, run.tokenizer, max_pairs=max_pairs,
+                                          prompt_length=common_prompt_length(run, (held_out,)))
         section.blocks.append(attention_block(run, reverse_pairs, heads, "attention_held_out",
                                               f"The same heads on a {held_out} prompt"))
     return section
@@ -326,62 +351,84 @@ def attention_block(run, pairs, heads: list[str], name: str, title: str, index: 
 
 def reverse_section(run, run_dir, max_pairs: int) -> Section:
     from revinterp.analysis.gradients import gradient_step_effects
-    from revinterp.analysis.patching import patch_sweep
+    from revinterp.analysis.interventions import METHODS, compare_splits, excludes_zero
     from revinterp.analysis.probes import probe_answer_identity
-    from revinterp.analysis.prompts import make_prompt_pairs
     from revinterp.analysis.starvation import starvation_report
     from revinterp.analysis.weights import effective_weights
-    from revinterp.stats import bootstrap_ci
 
     section = Section("reverse", "3. Why is there no reverse path?")
-    # reverse-direction patching: does any site carry the answer when the reverse question is asked?
-    seen_effect = None
-    for split in (*SEEN_REVERSE_SPLITS, *HELD_OUT_SPLITS):
-        if len(run.facts.split(split)) < 2:
-            continue
-        pairs = make_prompt_pairs(run.facts, split, run.tokenizer, max_pairs=max_pairs)
-        result = patch_sweep(run.model, pairs, "resid_pre")
-        effects = (result.values - result.corrupted).flatten(0, -2)  # [site, batch]: change of the logit diff
-        best = effects.mean(-1).abs().argmax()
-        est = bootstrap_ci(effects[best])
-        if split in SEEN_REVERSE_SPLITS and seen_effect is None:
-            seen_effect = est.mean
-        if est.low <= 0 <= est.high:
-            verdict = "indistinguishable from zero: no residual-stream site carries the answer."
-        elif seen_effect and split not in SEEN_REVERSE_SPLITS:
-            verdict = (f"distinguishable from zero, but {100 * abs(est.mean / seen_effect):.1f} % of the seen-reverse "
-                       f"effect ({seen_effect:.3g}).")
-        else:
-            verdict = "distinguishable from zero: this site carries the answer."
-        section.findings.append(
-            f"{split} ({len(pairs)} pairs): restoring the largest of {effects.shape[0]} residual-stream sites changes "
-            f"the logit difference (clean answer - corrupted answer) by {interval(est)}; " + verdict
-        )
-        section.figure(f"reverse_patch_{split}", f"Residual-stream patching on {split} prompts", result.plot())
-    weights = effective_weights(run.model, run.facts, path="end_to_end")
-    for split in weights.splits:
-        est = weights.estimate(split)
-        section.findings.append(f"End-to-end effective weight Y[subject, answer] minus the off-fact baseline, "
-                                f"{split}: {interval(est)}")
-    section.figure("weights", "Effective weights (end to end)", weights.plot())
-    probes = probe_answer_identity(run.model, run.facts)
-    frame = probes.to_frame()
-    for name in ("cross_val", "test"):
-        rows = frame[frame["set"] == name]
-        if len(rows):
-            best = rows.loc[rows["accuracy"].idxmax()]
-            what = "seen pairs whose answer the probe never trained on" if name == "cross_val" else "held-out pairs"
-            section.findings.append(
-                f"Linear probe for the answer's identity on {what}: best accuracy {pct(best['accuracy'])} [95 % CI "
-                f"{pct(best['ci_low'])}, {pct(best['ci_high'])}] at {best['layer']}, {best['position_label']} "
-                f"(chance {pct(probes.chance)})."
+    # reverse interventions: does any component carry the answer when the reverse question is asked?
+    seen = [s for s in SEEN_REVERSE_SPLITS if len(run.facts.split(s)) >= 2][:1]
+    held = [s for s in HELD_OUT_SPLITS if len(run.facts.split(s)) >= 2]
+    if seen or held:
+        splits = (*seen, *held)
+        length = common_prompt_length(run, splits)
+        result = compare_splits(run.model, run.facts, splits, tokenizer=run.tokenizer, max_pairs=max_pairs,
+                                prompt_length=length)
+        seen_effect = result.total[seen[0]].mean if seen else None
+        for split in splits:
+            total = result.total[split]
+            if not excludes_zero(total):
+                verdict = "indistinguishable from zero"
+            elif seen_effect and split not in seen:
+                verdict = (f"distinguishable from zero, {100 * abs(total.mean / seen_effect):.1f} % of the "
+                           "seen-reverse effect")
+            else:
+                verdict = "distinguishable from zero"
+            counts = "; ".join(
+                f"{method}: {len(result.distinguishable(split, method))} of {result.n_tested(split, method)} sites "
+                "distinguishable from zero"
+                for method in METHODS
             )
-    section.figure("probes", "Probes for the answer's identity", probes.plot())
-    grads = gradient_step_effects(run.model, run.facts)
-    for split in grads.splits:
-        section.findings.append(f"One SGD step on a {split} statement moves the other direction's answer logit by "
-                                f"{interval(grads.ratio(split))} times what it moves its own.")
-    section.figure("gradients", "The gradient view", grads.plot())
+            section.findings.append(
+                f"{split} ({result.n_pairs[split]} pairs): swapping the subject changes the logit difference (clean "
+                f"answer - corrupted answer) by {interval(total)}, {verdict}. {counts} (about "
+                f"{100 * (1 - result.confidence):.0f} % of sites without an effect exclude zero by chance)."
+            )
+        section.figure("reverse_interventions", "Interventions on reverse prompts: total effect and the patching "
+                                                "sites of largest effect", result.plot())
+        section.figure("reverse_dla", "The same for direct logit attribution", result.plot("dla"))
+    if single_token_entities(run.facts):
+        weights = effective_weights(run.model, run.facts, path="end_to_end")
+        for split in weights.splits:
+            est = weights.estimate(split)
+            section.findings.append(f"End-to-end effective weight Y[subject, answer] minus the off-fact baseline, "
+                                    f"{split}: {interval(est)}")
+        section.figure("weights", "Effective weights (end to end)", weights.plot())
+    else:
+        section.findings.append(MULTI_TOKEN_WEIGHTS)
+    probe_splits = ("reverse_seen", "reverse_held_out")
+    if all(len(run.facts.split(s)) >= 2 for s in probe_splits) and common_prompt_length(run, probe_splits) is None:
+        probes = probe_answer_identity(run.model, run.facts)
+        frame = probes.to_frame()
+        for name in ("cross_val", "test"):
+            rows = frame[frame["set"] == name]
+            if len(rows):
+                best = rows.loc[rows["accuracy"].idxmax()]
+                what = ("seen pairs whose answer the probe never trained on" if name == "cross_val"
+                        else "held-out pairs")
+                section.findings.append(
+                    f"Linear probe for the answer's identity on {what}: best accuracy {pct(best['accuracy'])} [95 % "
+                    f"CI {pct(best['ci_low'])}, {pct(best['ci_high'])}] at {best['layer']}, "
+                    f"{best['position_label']} (chance {pct(probes.chance)})."
+                )
+        section.figure("probes", "Probes for the answer's identity", probes.plot())
+    else:
+        section.findings.append("Probes: not run, since the reverse prompts have several lengths (positions must line "
+                                "up; call probes.probe_answer_identity on one relation or template at a time) or a "
+                                "reverse split has fewer than two statements.")
+    directions: dict[int, set[str]] = {}
+    for s in run.facts.statements:
+        directions.setdefault(s.fact, set()).add(s.direction)
+    if any({"forward", "reverse"} <= d for d in directions.values()):
+        grads = gradient_step_effects(run.model, run.facts)
+        for split in grads.splits:
+            section.findings.append(f"One SGD step on a {split} statement moves the other direction's answer logit "
+                                    f"by {interval(grads.ratio(split))} times what it moves its own.")
+        section.figure("gradients", "The gradient view", grads.plot())
+    else:
+        section.findings.append("Gradient view: not run, since no fact has both a forward and a reverse statement "
+                                "(e.g. chain data).")
     starvation = starvation_report(run_dir, device=next(run.model.parameters()).device)
     means = starvation.role_means()
     section.findings.append(
@@ -395,7 +442,7 @@ def reverse_section(run, run_dir, max_pairs: int) -> Section:
     return section
 
 
-def dynamics_section(run_dir, device) -> Section:
+def dynamics_section(run_dir, device, facts) -> Section:
     from revinterp.analysis.dynamics import behaviour_dynamics
     from revinterp.analysis.weights import effective_weights_over_training
     from revinterp.stats import bootstrap_ci
@@ -406,6 +453,9 @@ def dynamics_section(run_dir, device) -> Section:
         section.findings.append(f"p(answer) on {name}: {curve[0].item():.3f} at step {curves.steps[0]} -> "
                                 f"{curve[-1].item():.3f} at step {curves.steps[-1]}.")
     section.figure("behaviour_dynamics", "Mean probability of the answer per split over training", curves.plot())
+    if not single_token_entities(facts):
+        section.findings.append(MULTI_TOKEN_WEIGHTS)
+        return section
     weights = effective_weights_over_training(run_dir, path="end_to_end", device=device)
     change = weights.change_from_initial()[-1]
     statements = weights.results[0].statements
