@@ -221,7 +221,10 @@ def load_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, devic
     for name in (TOKENIZER_FILE, FACTS_FILE):
         if not (run_dir / name).is_file():
             raise CheckpointError(f"{run_dir}: incomplete run directory (no {name})")
-    tokenizer = load_tokenizer(run_dir / TOKENIZER_FILE)
+    try:
+        tokenizer = load_tokenizer(run_dir / TOKENIZER_FILE)
+    except Exception as e:  # the tokenizers library raises a bare Exception for a malformed file
+        raise CheckpointError(f"{run_dir / TOKENIZER_FILE}: unreadable tokenizer ({e})") from None
     if len(tokenizer) != config.d_vocab:
         raise CheckpointError(
             f"{run_dir}: tokenizer has {len(tokenizer)} tokens but the model config says d_vocab={config.d_vocab}"

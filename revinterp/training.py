@@ -153,6 +153,8 @@ def train(
     model_config = config_for_data(model_config, facts, tokenizer)
     training_record = {"training": asdict(training_config), "versions": versions()}
 
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FileExistsError(f"{run_dir} is a file; expected a run directory (new or, with resume, an existing one)")
     if run_dir.exists() and any(run_dir.iterdir()):
         if not resume:
             raise FileExistsError(
@@ -326,7 +328,11 @@ def read_training_config(run_dir: str | Path) -> TrainingConfig:
     path = Path(run_dir) / TRAINING_FILE
     if not path.is_file():
         raise CheckpointError(f"{run_dir}: not a run directory (no {TRAINING_FILE})")
-    data = json.loads(path.read_text())["training"]
+    try:
+        data = json.loads(path.read_text())["training"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: not a training record ({type(e).__name__}: {e}); expected the JSON object "
+                              "that train() writes") from None
     known = {f.name for f in fields(TrainingConfig)}
     if set(data) - known:
         raise CheckpointError(f"{path}: unknown training settings {sorted(set(data) - known)}")

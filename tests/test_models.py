@@ -18,6 +18,7 @@ from revinterp.models import (
     load_run,
     tokenizer_for,
 )
+from revinterp.training import TRAINING_PRESETS, read_training_config, train
 
 
 @pytest.fixture(scope="module")
@@ -75,12 +76,15 @@ def test_config_rejects_bad_values():
         ModelConfig(normalization_type="BN")
 
 
-def test_reloaded_run_gives_identical_logits(tiny_run_dir, tiny_facts):
-    a, b = load_run(tiny_run_dir, device="cpu"), load_run(tiny_run_dir, device="cpu")
-    assert not a.model.training
+def test_reloaded_run_gives_identical_logits(tmp_path, tiny_facts):
+    trained = train(tiny_facts, MODEL_PRESETS["tiny"], replace(TRAINING_PRESETS["tiny"], max_steps=30),
+                    tmp_path / "run", progress=False, device="cpu")
+    a, b = load_run(tmp_path / "run", device="cpu"), load_run(tmp_path / "run", device="cpu")
+    assert not a.model.training and not trained.model.training
     tokens = encode_statements(tiny_facts, tiny_facts.statements, a.tokenizer).tokens
     with torch.no_grad():
-        assert torch.equal(a.model(tokens), b.model(tokens))
+        expected = trained.model(tokens)
+        assert torch.equal(a.model(tokens), expected) and torch.equal(b.model(tokens), expected)
     assert a.facts == tiny_facts
 
 
@@ -101,3 +105,18 @@ def test_corrupt_and_mismatched_checkpoints(tiny_run_dir, tmp_path):
         load_run(run, device="cpu")
     with pytest.raises(CheckpointError, match="not a run directory"):
         load_run(tmp_path, device="cpu")
+    shutil.copy(tiny_run_dir / "model.json", run / "model.json")
+    (run / "tokenizer.json").write_text('{"model": {"vocab": [1, 2]}}')
+    with pytest.raises(CheckpointError, match="tokenizer.json: unreadable tokenizer"):
+        load_run(run, device="cpu")
+    (run / "training.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="training.json: not a training record"):
+        read_training_config(run)
+
+
+def test_output_path_that_is_a_file_is_refused(tmp_path, tiny_facts):
+    path = tmp_path / "notes.txt"
+    path.write_text("keep me")
+    with pytest.raises(FileExistsError, match="is a file; expected a run directory"):
+        train(tiny_facts, MODEL_PRESETS["tiny"], TRAINING_PRESETS["tiny"], path, progress=False, device="cpu")
+    assert path.read_text() == "keep me"

@@ -80,6 +80,11 @@ def test_report_rebuilds_from_saved_analyses(analysed_run, tmp_path):
 def test_report_errors(analysed_run, tmp_path, capsys):
     run_dir, _ = analysed_run
     assert main(["report", str(tmp_path)]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    bare = tmp_path / "bare"
+    shutil.copytree(run_dir, bare)
+    shutil.rmtree(bare / "analysis")
+    assert main(["report", str(bare)]) == 2
     assert "no saved analyses" in capsys.readouterr().err
     old = tmp_path / "old"
     shutil.copytree(run_dir, old)

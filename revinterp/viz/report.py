@@ -85,6 +85,9 @@ class Report:
 
     @classmethod
     def load(cls, run_dir: str | Path) -> Report:
+        from revinterp.models import read_model_config
+
+        read_model_config(Path(run_dir))  # a directory that is not a run fails here, saying so
         path = Path(run_dir) / ANALYSIS_DIR / REPORT_DATA
         if not path.is_file():
             raise ReportError(f"{run_dir}: no saved analyses ({path}); run 'revinterp analyze {run_dir}' first")
