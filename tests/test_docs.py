@@ -52,6 +52,8 @@ EXPECTED_OUTPUT = {
         r"^0 held-out question\(s\) whose subject never appears",  # not in the control
         r"reverse_held_out\s+12\s+no\s+0\.0%",
         r"forward_only\s+-> reverse_held_out",
+        r"^reverse_seen \(\d+ pairs\): total effect [\d.]+ \[[\d.]+, [\d.]+\] \(distinguishable from zero\)",
+        r"^reverse_held_out \(12 pairs\): total effect \S+ \[-[\d.]+, [\d.]+\] \(indistinguishable from zero\)",
     ],
     "04_your_own_facts": [
         r"96 statements over relations \['child_of', 'mentee_of', 'mentor_of', 'parent_of'\]",

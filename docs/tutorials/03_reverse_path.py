@@ -62,39 +62,34 @@ for name, facts in (("seed", seed_facts), ("control", control_facts)):
 # Both models fit every trained split, and both fail every held-out reverse question: training the subject's
 # embedding does not lift the curse. Now, why.
 #
-# ## 1. Reverse patching
+# ## 1. Reverse interventions
 #
-# Prompt pairs for the reverse questions: clean `<bos> b_i <-` (answer `a_i`), corrupted `<bos> b_j <-`. We
-# restore each residual-stream site of the clean run into the corrupted one and measure how much the logit
-# difference `logit[a_i] - logit[a_j]` moves, per pair, with a bootstrap interval. (We report the raw change
-# rather than the normalized effect: for held-out pairs clean and corrupted runs barely differ, so the
-# normalization would divide by nearly zero.) On `reverse_seen` pairs the subject's residual stream carries
-# the answer; on `reverse_held_out` pairs the same site should carry nothing.
+# Prompt pairs for the reverse questions: clean `<bos> b_i <-` (answer `a_i`), corrupted `<bos> b_j <-`.
+# `compare_splits` runs the localization analyses on each split's pairs and measures, per pair, how much the
+# logit difference `logit[a_i] - logit[a_j]` moves: the *total effect* of swapping the subject, the change when
+# each site (residual stream, attention and MLP outputs, each head at each position) of the clean run is
+# restored into the corrupted one, the direct logit attribution of each component, and the attribution-patching
+# estimate of each site. Each gets a bootstrap interval over pairs. (Raw changes, not normalized effects: for
+# held-out pairs clean and corrupted runs barely differ, so normalizing would divide by nearly zero.) On
+# `reverse_seen` pairs something must carry the answer; on `reverse_held_out` pairs, if no path exists, every
+# effect scatters around zero, and about 5 % of sites exclude zero by chance alone.
 
 # %%
-from revinterp.analysis.patching import patch_sweep
-from revinterp.analysis.prompts import make_prompt_pairs
-from revinterp.stats import bootstrap_ci
+from revinterp.analysis.interventions import compare_splits
 
-
-def reverse_patching(run):
-    for split in ("reverse_seen", "reverse_held_out"):
-        pairs = make_prompt_pairs(run.facts, split, run.tokenizer)
-        result = patch_sweep(run.model, pairs, "resid_pre")
-        change = (result.values - result.corrupted).flatten(0, -2)  # [site, pair]
-        for site, values in zip(result.sites(), change):
-            print(f"  {split:<17} {len(pairs):>3} pairs  {site.label(pairs.labels):<22} "
-                  f"change of the logit difference {bootstrap_ci(values)}")
-
-
+interventions = {}
 for name, run in runs.items():
+    interventions[name] = compare_splits(run.model, run.facts, ("reverse_seen", "reverse_held_out"))
     print(name)
-    reverse_patching(run)
+    print(interventions[name].summary())
+
+# %%
+interventions["seed"].plot()
 
 # %% [markdown]
-# On seen reverse pairs, restoring the subject moves the logit difference by about 20; on held-out pairs the
-# interval of the same site contains zero, in both models. No residual-stream site carries `a_i` when `b_i <-`
-# is asked.
+# On seen reverse pairs swapping the subject moves the logit difference by about 20, and most sites carry it;
+# on held-out pairs the total effect's interval contains zero in both models and no site carries more than a
+# few percent of the seen effect. Nothing carries `a_i` when `b_i <-` is asked.
 #
 # ## 2. Effective weights
 #
