@@ -11,7 +11,12 @@ Per seed, the default seed-experiment run (trained until fitted; weights saved a
   r)`` (row centred) at every checkpoint: each split's entries' change from step 0, and each split's effect (entry minus
   the mean over the other answers of its split);
 - the same for the OV map of the main head (``path="ov"``, weights only, ``scale="none"``): the head whose OV map has
-  the largest forward effect at the end of training.
+  the largest forward effect at the end of training;
+- the asymmetry statistic of the end-to-end map (``EffectiveWeights.asymmetry``: per one-way fact, trained-direction
+  effect minus held-out-direction effect) at every checkpoint;
+- the gradient view over training (``gradients.gradient_step_effects_over_training``): at every checkpoint, how far
+  one SGD step on a forward statement moves its reverse answer's logit, as a fraction of its own (``forward_only``:
+  the reverse is held out; ``forward_seen``: the reverse is trained too).
 
 Expected from Zhu et al. (2024): forward (and seen-reverse) entries grow, held-out reverse entries stay near their
 initial values.
@@ -24,6 +29,7 @@ import torch
 from common import Study, ci, est, parser, table, versus
 
 from revinterp.analysis.dynamics import behaviour_dynamics
+from revinterp.analysis.gradients import gradient_step_effects_over_training
 from revinterp.analysis.weights import effective_weights, effective_weights_over_training
 from revinterp.data import SPLITS, seed_experiment
 from revinterp.models import load_run
@@ -64,11 +70,15 @@ def main() -> None:
         head = max(final_ov.labels, key=lambda h: final_ov.estimate(FORWARD, h).mean)
         layer, index = (int(x) for x in head[1:].split("H"))
         ov = effective_weights_over_training(run_dir, path="ov", heads=[(layer, index)])
+        gradients = gradient_step_effects_over_training(run_dir, splits=["forward_seen", "forward_only"])
         record = dict(
             seed=seed, run=study.run_log[-1], eval_steps=accuracy.steps, checkpoint_steps=end_to_end.steps,
             accuracy={k: v.tolist() for k, v in accuracy.values.items()},
             probability={k: v.tolist() for k, v in probability.values.items()},
             end_to_end=weight_curves(end_to_end), main_head=head, ov=weight_curves(ov),
+            asymmetry=[r.asymmetry() for r in end_to_end.results],
+            gradient_steps=list(gradients.steps),
+            gradient_ratio={s: gradients.ratios(s) for s in ("forward_seen", "forward_only")},
         )
         per_seed.append(record)
         if seed == study.seeds[0]:
@@ -92,6 +102,13 @@ def main() -> None:
     aggregates["final_probability"] = {s: ci([r["probability"][s][-1] for r in per_seed]) for s in splits}
     aggregates["initial_probability"] = {s: ci([r["probability"][s][0] for r in per_seed]) for s in splits}
     aggregates["final_step"] = ci([r["eval_steps"][-1] for r in per_seed])
+    aggregates["asymmetry"] = dict(initial=ci([r["asymmetry"][0].mean for r in per_seed]),
+                                   final=ci([r["asymmetry"][-1].mean for r in per_seed]))
+    aggregates["gradient_ratio"] = {
+        s: dict(initial=ci([r["gradient_ratio"][s][0].mean for r in per_seed]),
+                final=ci([r["gradient_ratio"][s][-1].mean for r in per_seed]),
+                largest=ci([max(abs(e.mean) for e in r["gradient_ratio"][s]) for r in per_seed]))
+        for s in ("forward_seen", "forward_only")}
 
     # mean curves over seeds on the checkpoint steps every run has
     common = sorted(set.intersection(*(set(r["checkpoint_steps"]) for r in per_seed)))
@@ -119,6 +136,20 @@ def main() -> None:
                      f"Change of the {title}'s entries Y[subject, answer] from initialization per split, mean over "
                      f"seeds with 95 % intervals over seeds, on the checkpoint steps every run has (up to step "
                      f"{common[-1]}).")
+    fig = go.Figure()
+    for split, label in (("forward_only", "forward_only -> its held-out reverse"),
+                         ("forward_seen", "forward_seen -> its seen reverse")):
+        for r in per_seed:
+            values = r["gradient_ratio"][split]
+            fig.add_scatter(x=[max(s, 0.5) for s in r["gradient_steps"]], y=[e.mean for e in values],
+                            mode="lines+markers", name=f"{label}, seed {r['seed']}",
+                            line=dict(dash="solid" if split == "forward_only" else "dot"))
+    fig.update_layout(title="Gradient view over training: reverse-logit change / own-logit change of one SGD step",
+                      xaxis=dict(type="log", title="training step"), yaxis_title="ratio")
+    study.figure(fig, "gradient_ratio_over_training", "At every checkpoint, one SGD step on a forward statement: the "
+                                                      "change of its reverse answer's logit as a fraction of the "
+                                                      "change of its own answer's logit, per seed (solid: the reverse "
+                                                      "is held out; dotted: the reverse is trained too).", width=11)
     eval_common = sorted(set.intersection(*(set(r["eval_steps"]) for r in per_seed)))
     fig = go.Figure()
     for split in splits:
@@ -163,6 +194,15 @@ def main() -> None:
                    "returns." if dip["change"] < c.low else ""))
         findings.append(f"{title}: trained splits' entries grew by "
                         + ", ".join(f"{s} {est(agg[s]['final_change'])}" for s in trained) + ".")
+    asym = aggregates["asymmetry"]
+    findings.append(f"Asymmetry statistic of the end-to-end map (per one-way fact, trained-direction effect minus "
+                    f"held-out-direction effect): {est(asym['initial'])} at step 0 -> {est(asym['final'])} at the end.")
+    g = aggregates["gradient_ratio"]
+    findings.append(f"Gradient view over training: one SGD step on a `forward_only` statement moves its held-out "
+                    f"reverse logit by {est(g['forward_only']['initial'])} of its own change at step 0 and "
+                    f"{est(g['forward_only']['final'])} at the end (largest |ratio| at any checkpoint "
+                    f"{est(g['forward_only']['largest'])}); for `forward_seen` (reverse trained too): "
+                    f"{est(g['forward_seen']['initial'])} -> {est(g['forward_seen']['final'])}.")
     findings.append("p(answer) at the end: " + ", ".join(f"{s} {est(aggregates['final_probability'][s])}"
                                                          for s in splits) + ".")
     config = dict(generator="seed_experiment", n_pairs=n_pairs, model=study.model_config(0),
