@@ -24,13 +24,15 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--n-pairs", type=int, default=200,
                    help="facts to generate (pairs for 'seed', chains for 'chain', entities for 'graph'); default 200")
     g.add_argument("--both-fraction", type=float, default=0.7,
-                   help="fraction of facts trained in both directions; the rest are trained one way (default 0.7)")
+                   help="fraction of facts trained in both directions; the rest are trained one way (default 0.7); "
+                        "for 'chain', the fraction of composed facts x ~> z that are trained")
     g.add_argument("--held-out-direction", choices=("random", "forward", "reverse"), default="random",
                    help="which direction of a one-way fact is held out: chosen at random per fact (seed), "
                         "always the reverse ('forward' = forward only trained), or always the forward")
     g.add_argument("--tokens-per-entity", type=int, default=1, help="tokens per entity name (default 1)")
     g.add_argument("--relations", type=int, default=1,
-                   help="named relations with inverses (parent_of/child_of ...); 1 gives '->' and '<-'")
+                   help="named relations with inverses (parent_of/child_of ...); 1 gives '->' and '<-'; "
+                        "'graph' uses at least 3")
     g.add_argument("--template", choices=("symbolic", "natural"), default="symbolic",
                    help="'symbolic' (relation token) or 'natural' (English phrase, e.g. 'is the parent of')")
     g.add_argument("--shared-tokens", action="store_true",
@@ -123,6 +125,14 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+IGNORED_DATA_OPTIONS = {
+    "facts": ("n_pairs", "tokens_per_entity", "relations", "template", "shared_tokens"),
+    "chain": ("held_out_direction", "tokens_per_entity", "relations", "template", "shared_tokens"),
+    "graph": ("tokens_per_entity", "shared_tokens"),
+}
+"""Data options each fact source does not use: given with it, they are an error rather than silently ignored."""
+
+
 def make_facts(args):
     from revinterp.data import (
         apply_mitigation,
@@ -133,6 +143,14 @@ def make_facts(args):
         with_attributes,
     )
 
+    source = "--facts" if args.facts is not None else f"--data {args.data}"
+    defaults = vars(build_parser().parse_args(["train"]))
+    ignored = [name for name in IGNORED_DATA_OPTIONS.get("facts" if args.facts is not None else args.data, ())
+               if getattr(args, name) != defaults[name]]
+    if ignored:
+        names = ", ".join("--" + n.replace("_", "-") for n in ignored)
+        raise ValueError(f"{names} {'is' if len(ignored) == 1 else 'are'} not used by {source}; expected only the "
+                         "options that shape that data (see --help)")
     if args.facts is not None:
         facts = load_fact_file(args.facts, both_fraction=args.both_fraction,
                                held_out_direction=args.held_out_direction, seed=args.seed)

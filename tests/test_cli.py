@@ -38,6 +38,10 @@ def test_bad_inputs_exit_2_with_a_message(tmp_path, capsys):
     assert main(["train", "--facts", str(bad), "--out", str(tmp_path / "r"), "--quiet"]) == 2
     assert "missing column(s) ['inverse']" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+    assert main(["train", "--data", "chain", "--tokens-per-entity", "2", "--template", "natural", "--out",
+                 str(tmp_path / "r"), "--quiet"]) == 2
+    assert "--tokens-per-entity, --template are not used by --data chain" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
     assert main(["eval", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err
 
