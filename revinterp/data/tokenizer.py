@@ -4,6 +4,11 @@ TransformerLens 4 needs a ``transformers.PreTrainedTokenizerBase``. Two settings
 ``name_or_path`` (TransformerLens pops it from ``init_kwargs``) and ``add_bos_token=True``
 (otherwise it reloads the tokenizer from the Hub to add one). The four special tokens must be in
 the vocabulary, or TransformerLens falls back to ``<|endoftext|>`` and silently drops the first word.
+
+Unknown words: revinterp's own encoders (:func:`encode_words`, the prompt pairs, fact files) raise
+:class:`UnknownWordError` naming the word; the model's TransformerLens methods (``to_tokens``,
+``to_single_token``) follow the transformers convention and map it to ``<unk>`` (id 3) without an error, so
+check ``model.to_str_tokens(...)`` for ``<unk>`` when you call them on text of your own.
 """
 
 from __future__ import annotations
