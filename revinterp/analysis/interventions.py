@@ -18,7 +18,9 @@ Each effect gets a percentile-bootstrap interval over pairs and is *distinguisha
 excludes 0. Sites whose patch changes no pair at all (a position before the subject, or one that cannot reach the
 answer) are left out of the counts. With dozens of sites about ``1 - confidence`` of those with no effect still
 exclude zero by chance, so the summary gives that expectation beside the count; with few pairs (under about ten)
-percentile intervals are too narrow and the count is inflated further. Where no path exists the total effect and
+percentile intervals are too narrow and the count is inflated further. Sites are nested (a head's output is part
+of its layer's attention output, which flows into the next residual stream), so the counts are not independent
+tests: one small effect is counted at every site it passes through. Where no path exists the total effect and
 every site's effect scatter around zero with no consistent sign over seeds; read the held-out numbers against the
 seen ones.
 
