@@ -35,6 +35,7 @@ from revinterp.analysis.weights import effective_weights
 from revinterp.data import chain_experiment
 from revinterp.evaluation import evaluate
 from revinterp.models import load_run
+from revinterp.stats import error_bars
 
 HELD_OUT, SEEN = "chain_composed_held_out", "chain_composed_seen"
 
@@ -101,8 +102,7 @@ def main() -> None:
     names = list(splits)
     values = [splits[s]["accuracy"] for s in names]
     fig.add_bar(x=names, y=[v.mean for v in values], name="accuracy",
-                error_y=dict(type="data", symmetric=False, array=[v.high - v.mean for v in values],
-                             arrayminus=[v.mean - v.low for v in values]))
+                error_y=error_bars(values))
     fig.add_hline(y=splits[HELD_OUT]["chance_accuracy"])
     fig.update_layout(title=f"Chain data: accuracy per split over {len(study.seeds)} seeds (95 % CI over seeds; "
                             "dotted: chance)", yaxis_title="accuracy")
@@ -111,9 +111,7 @@ def main() -> None:
     fig = go.Figure()
     names = list(weight_effect)
     fig.add_bar(x=names, y=[weight_effect[s].mean for s in names], name="effect",
-                error_y=dict(type="data", symmetric=False,
-                             array=[weight_effect[s].high - weight_effect[s].mean for s in names],
-                             arrayminus=[weight_effect[s].mean - weight_effect[s].low for s in names]))
+                error_y=error_bars([weight_effect[s] for s in names]))
     fig.update_layout(title="End-to-end effective weight of each fact minus its split baseline (95 % CI over seeds)",
                       yaxis_title="Y[subject, answer] - baseline")
     study.figure(fig, "effective_weights_over_seeds", "End-to-end effective-weight effect per split (entry minus the "

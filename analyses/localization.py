@@ -38,6 +38,7 @@ from revinterp.analysis.patching import SWEEP_COMPONENTS, localize, patch_sweeps
 from revinterp.analysis.prompts import make_prompt_pairs
 from revinterp.data import seed_experiment
 from revinterp.models import load_run
+from revinterp.stats import error_bars
 
 SPLIT = "forward_seen"
 DIRECTIONS = ("denoising", "noising")
@@ -188,8 +189,7 @@ def main() -> None:
         values = site_agg["denoising"][component]
         names = list(values)
         fig.add_bar(x=names, y=[values[s].mean for s in names], name=component,
-                    error_y=dict(type="data", symmetric=False, array=[values[s].high - values[s].mean for s in names],
-                                 arrayminus=[values[s].mean - values[s].low for s in names]))
+                    error_y=error_bars([values[s] for s in names]))
     fig.update_layout(title=f"Denoising patching per site, normalized, mean over {len(study.seeds)} seeds "
                             "(95 % CI over seeds)", yaxis_title="normalized logit difference")
     study.figure(fig, "patch_sites_over_seeds",
@@ -210,9 +210,7 @@ def main() -> None:
     fig = go.Figure()
     parts = list(dla_components)
     fig.add_bar(x=parts, y=[dla_components[k].mean for k in parts], name="mean over seeds",
-                error_y=dict(type="data", symmetric=False, array=[dla_components[k].high - dla_components[k].mean
-                                                                  for k in parts],
-                             arrayminus=[dla_components[k].mean - dla_components[k].low for k in parts]))
+                error_y=error_bars([dla_components[k] for k in parts]))
     fig.update_layout(title="Direct logit attribution per component, mean over seeds (95 % CI over seeds)",
                       yaxis_title="contribution to the logit difference")
     study.figure(fig, "dla_components_over_seeds", "Direct logit attribution of the clean logit difference per "

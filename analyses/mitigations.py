@@ -35,7 +35,7 @@ from revinterp.analysis.weights import effective_weights
 from revinterp.data import MITIGATIONS, apply_mitigation, seed_experiment
 from revinterp.evaluation import evaluate
 from revinterp.models import load_run
-from revinterp.stats import bootstrap_ci
+from revinterp.stats import bootstrap_ci, error_bars
 from revinterp.training import read_history
 
 HELD, SEEN = "reverse_held_out", "reverse_seen"
@@ -153,8 +153,7 @@ def main() -> None:
     fig = go.Figure()
     values = [aggregates[v]["held_out_accuracy"] for v in variants]
     fig.add_bar(x=variants, y=[v.mean for v in values], name="held-out reverse accuracy",
-                error_y=dict(type="data", symmetric=False, array=[v.high - v.mean for v in values],
-                             arrayminus=[v.mean - v.low for v in values]))
+                error_y=error_bars(values))
     fig.add_hline(y=aggregates["none"]["chance"])
     fig.update_layout(title=f"Held-out reverse accuracy per mitigation, mean over {len(study.seeds)} seeds (95 % CI "
                             "over seeds; dotted: chance)", yaxis=dict(title="accuracy", range=[0, 1.05]))
@@ -182,8 +181,7 @@ def main() -> None:
             names = [s for c in ("resid_pre", "attn_out", "mlp_out") for s in sites[c]]
             vals = [sites[c][s] for c in ("resid_pre", "attn_out", "mlp_out") for s in sites[c]]
             fig.add_bar(x=names, y=[v.mean for v in vals], name=variant,
-                        error_y=dict(type="data", symmetric=False, array=[v.high - v.mean for v in vals],
-                                     arrayminus=[v.mean - v.low for v in vals]))
+                        error_y=error_bars(vals))
         fig.update_layout(title="Where the reverse path forms: denoising patching on held-out reverse prompts "
                                 "(normalized, 95 % CI over seeds)", yaxis_title="normalized logit difference")
         study.figure(fig, "reverse_path_sites", "For every variant whose held-out reverse accuracy is above chance: "

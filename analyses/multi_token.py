@@ -22,6 +22,7 @@ from revinterp.data import seed_experiment
 from revinterp.data.tokenizer import encode_words
 from revinterp.evaluation import evaluate
 from revinterp.models import load_run
+from revinterp.stats import error_bars
 
 
 def main() -> None:
@@ -73,8 +74,7 @@ def main() -> None:
         names = list(agg["splits"])
         values = [agg["splits"][s]["accuracy"] for s in names]
         fig.add_bar(x=names, y=[v.mean for v in values], name=key,
-                    error_y=dict(type="data", symmetric=False, array=[v.high - v.mean for v in values],
-                                 arrayminus=[v.mean - v.low for v in values]))
+                    error_y=error_bars(values))
     chance = next(iter(aggregates.values()))["splits"]["forward_seen"]["chance_accuracy"]
     fig.add_hline(y=chance)
     fig.update_layout(title=f"Multi-token entities: accuracy per split, mean over {len(study.seeds)} seeds "

@@ -57,7 +57,7 @@ from revinterp.analysis.weights import effective_weights
 from revinterp.data import apply_mitigation, knowledge_graph, seed_experiment, with_attributes
 from revinterp.evaluation import evaluate
 from revinterp.models import load_run
-from revinterp.stats import bootstrap_ci
+from revinterp.stats import bootstrap_ci, error_bars
 
 SETUPS = ("starved", "attributes", "knowledge_graph", "shared_tokens", "identity_bridge", "identity_relation")
 BRIDGES = ("identity_bridge", "identity_relation")
@@ -228,8 +228,7 @@ def figures(study: Study, aggregates: dict) -> None:
             xs = [s for s in setups if key in aggregates[s]]
             values = [aggregates[s][key][split] for s in xs]
             fig.add_bar(x=xs, y=[v.mean for v in values], name=split,
-                        error_y=dict(type="data", symmetric=False, array=[v.high - v.mean for v in values],
-                                     arrayminus=[v.mean - v.low for v in values]))
+                        error_y=error_bars(values))
         if key == "accuracy":
             fig.add_hline(y=aggregates[setups[0]]["chance"])
         fig.update_layout(title=f"{title} (mean over seeds, 95 % CI over seeds)", yaxis_title=key)
@@ -240,8 +239,7 @@ def figures(study: Study, aggregates: dict) -> None:
                        ("final_test", "held-out pairs")):
         values = [aggregates[s]["probe"][key] for s in setups]
         fig.add_bar(x=setups, y=[v.mean for v in values], name=label,
-                    error_y=dict(type="data", symmetric=False, array=[v.high - v.mean for v in values],
-                                 arrayminus=[v.mean - v.low for v in values]))
+                    error_y=error_bars(values))
     fig.update_layout(title="Probe for A at the final residual stream, relation position (95 % CI over seeds)",
                       yaxis_title="top-1 accuracy among the candidates")
     study.figure(fig, "probes_by_setup", "Linear probe for the reverse answer's identity at the final residual stream "
@@ -253,8 +251,7 @@ def figures(study: Study, aggregates: dict) -> None:
         xs = [s for s in setups if role in aggregates[s]["roles"]]
         values = [aggregates[s]["roles"][role]["embed_shift"] for s in xs]
         fig.add_bar(x=xs, y=[v.mean for v in values], name=role,
-                    error_y=dict(type="data", symmetric=False, array=[v.high - v.mean for v in values],
-                                 arrayminus=[v.mean - v.low for v in values]))
+                    error_y=error_bars(values))
     fig.update_layout(title="Embedding movement |W_E - W_E(0)| per role (95 % CI over seeds)",
                       yaxis_title="L2 distance from initialization")
     study.figure(fig, "starvation_by_setup", "How far the input embeddings of held-out questions' subjects moved in "

@@ -19,6 +19,7 @@ from common import Study, behaviour_over_seeds, ci, est, parser, rank_versus, se
 from revinterp.data import seed_experiment
 from revinterp.evaluation import evaluate
 from revinterp.models import load_run
+from revinterp.stats import error_bars
 
 VARIANTS = ("random", "forward")
 
@@ -67,8 +68,7 @@ def main() -> None:
             names = list(splits)
             values = [splits[s][metric] for s in names]
             fig.add_bar(x=names, y=[v.mean for v in values], name=f"held-out direction {variant}",
-                        error_y=dict(type="data", symmetric=False, array=[v.high - v.mean for v in values],
-                                     arrayminus=[v.mean - v.low for v in values]))
+                        error_y=error_bars(values))
         ref = aggregates["random"]["splits"]["forward_seen"][reference]
         fig.add_hline(y=ref)
         fig.update_layout(title=f"{title}: mean over {len(study.seeds)} seeds, 95 % CI over seeds "

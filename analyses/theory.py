@@ -30,6 +30,7 @@ from plotly.subplots import make_subplots
 
 from revinterp.analysis.weights import effective_weights_over_training
 from revinterp.data import seed_experiment
+from revinterp.stats import error_bars
 from revinterp.theory import exponent_vs_dimension, train_bilinear, train_effective_weights
 
 DIMS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048)
@@ -97,8 +98,7 @@ def main() -> None:
                       ("|ε̂(T)|", "abs_final_exponent")):
         values = [bilinear[key][d] for d in dims]
         fig.add_scatter(x=list(dims), y=[v.mean for v in values], mode="lines+markers", name=name,
-                        error_y=dict(type="data", symmetric=False, array=[v.high - v.mean for v in values],
-                                     arrayminus=[v.mean - v.low for v in values]))
+                        error_y=error_bars(values))
     fig.add_hline(y=0.0)
     fig.update_layout(title="Bilinear model: exponent of the bound against d (mean, 95 % CI over seeds)",
                       xaxis=dict(type="log", title="embedding dimension d"), yaxis_title="exponent")

@@ -7,6 +7,7 @@ replacement ``n_resamples`` times, take the statistic of each resample, and repo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -93,3 +94,10 @@ def normalized_ci(
     return [
         Estimate(point[i].item(), bounds[0, i].item(), bounds[1, i].item(), n, confidence) for i in range(len(point))
     ]
+
+
+def error_bars(estimates: Sequence[Estimate]) -> dict:
+    """Plotly ``error_y`` (or ``error_x``) of asymmetric intervals: from each mean up to its high and down to its
+    low bound."""
+    return dict(type="data", symmetric=False, array=[e.high - e.mean for e in estimates],
+                arrayminus=[e.mean - e.low for e in estimates])

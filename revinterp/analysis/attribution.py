@@ -45,7 +45,7 @@ from torch import Tensor
 from revinterp.analysis.metrics import METRICS, metric_values, normalize
 from revinterp.analysis.prompts import PromptPairs
 from revinterp.evaluation import model_device
-from revinterp.stats import bootstrap_ci
+from revinterp.stats import bootstrap_ci, error_bars
 
 DLA_TARGETS = ("logit_diff", "answer")
 COMPONENTS = ("resid_pre", "attn_out", "mlp_out", "head_out", "head_out_by_pos")
@@ -165,10 +165,7 @@ class DirectLogitAttributionResult:
             rows = [i for i, k in enumerate(self.kinds) if k == kind]
             fig.add_bar(
                 x=[self.labels[i] for i in rows], y=[estimates[i].mean for i in rows], name=kind,
-                error_y=dict(
-                    type="data", symmetric=False, array=[estimates[i].high - estimates[i].mean for i in rows],
-                    arrayminus=[estimates[i].mean - estimates[i].low for i in rows],
-                ),
+                error_y=error_bars([estimates[i] for i in rows]),
             )
         what = "logit difference (clean - corrupted answer)" if self.target == "logit_diff" else "answer logit"
         fig.update_layout(

@@ -38,7 +38,7 @@ from torch import Tensor
 from revinterp.analysis.weights import _select_checkpoints
 from revinterp.data import SPLITS, FactSet, Statement, encode_statements
 from revinterp.evaluation import model_device
-from revinterp.stats import Estimate, bootstrap_ci
+from revinterp.stats import Estimate, bootstrap_ci, error_bars
 from revinterp.training import batch_loss
 
 METRICS = ("logit", "centered_logit", "logprob")
@@ -143,14 +143,12 @@ class GradientStepEffects:
             est = [self.estimate(split, which) for split in splits]
             fig.add_trace(go.Bar(
                 x=splits, y=[e.mean for e in est], name=name,
-                error_y=dict(type="data", symmetric=False, array=[e.high - e.mean for e in est],
-                             arrayminus=[e.mean - e.low for e in est]),
+                error_y=error_bars(est),
             ), row=1, col=1)
         ratios = [self.ratio(split) for split in splits]
         fig.add_trace(go.Bar(
             x=splits, y=[e.mean for e in ratios], name="ratio", showlegend=False,
-            error_y=dict(type="data", symmetric=False, array=[e.high - e.mean for e in ratios],
-                         arrayminus=[e.mean - e.low for e in ratios]),
+            error_y=error_bars(ratios),
         ), row=1, col=2)
         fig.update_layout(barmode="group", title="One gradient step on a statement: own answer vs the other direction"
                                                  + (f" (step {self.step})" if self.step is not None else ""))

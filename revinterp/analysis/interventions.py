@@ -46,7 +46,7 @@ from revinterp.analysis.patching import SWEEP_COMPONENTS, PatchingResult, patch_
 from revinterp.analysis.prompts import make_prompt_pairs
 from revinterp.data import REVERSE_HELD_OUT, REVERSE_SEEN, FactSet
 from revinterp.evaluation import model_device
-from revinterp.stats import Estimate, bootstrap_ci
+from revinterp.stats import Estimate, bootstrap_ci, error_bars
 
 METHODS = ("patching", "attribution", "dla")
 """Exact activation patching, attribution patching, direct logit attribution."""
@@ -167,8 +167,7 @@ class SplitInterventions:
         for split, effects in zip(self.splits, per_split):
             values = [self.total[split]] + [effects[i].estimate for i in chosen]
             fig.add_bar(x=["total (clean - corrupted)", *names], y=[v.mean for v in values], name=split,
-                        error_y=dict(type="data", symmetric=False, array=[v.high - v.mean for v in values],
-                                     arrayminus=[v.mean - v.low for v in values]))
+                        error_y=error_bars(values))
         fig.update_layout(
             title=f"{method}: effect on the logit difference per split ({100 * self.confidence:.0f} % intervals "
                   "over prompt pairs)",

@@ -77,7 +77,7 @@ from revinterp.data import (
     encode_statements,
 )
 from revinterp.data.tokenizer import encode_words
-from revinterp.stats import bootstrap_ci
+from revinterp.stats import bootstrap_ci, error_bars
 
 DIRECTIONS = ("forward", "reverse", "composed")
 TARGETS = ("unembed", "embed", "random_code")
@@ -363,8 +363,7 @@ class ProbeResult:
                 fig.add_scatter(
                     x=list(self.depth_labels), y=[e.mean for e in estimates], mode="lines+markers", name=name,
                     legendgroup=name, showlegend=p == 0, line=dict(color=colors[name]),
-                    error_y=dict(type="data", symmetric=False, array=[e.high - e.mean for e in estimates],
-                                 arrayminus=[e.mean - e.low for e in estimates]),
+                    error_y=error_bars(estimates),
                     row=1, col=p + 1,
                 )
         for p in range(len(self.positions)):

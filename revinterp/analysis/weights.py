@@ -68,7 +68,7 @@ from torch import Tensor
 from revinterp.data import SPLITS, FactSet, Statement
 from revinterp.data.tokenizer import encode_words
 from revinterp.evaluation import model_device
-from revinterp.stats import Estimate, bootstrap_ci
+from revinterp.stats import Estimate, bootstrap_ci, error_bars
 
 PATHS = ("direct", "ov", "end_to_end")
 SCALES = ("none", "prompts")
@@ -223,8 +223,7 @@ class EffectiveWeights:
         fig.add_trace(go.Bar(
             x=splits, y=[e.mean for e in estimates], showlegend=False,
             marker_color=["#1f77b4" if SPLITS[s] else "#d62728" for s in splits],
-            error_y=dict(type="data", symmetric=False, array=[e.high - e.mean for e in estimates],
-                         arrayminus=[e.mean - e.low for e in estimates]),
+            error_y=error_bars(estimates),
         ), row=1, col=2)
         fig.update_layout(title=f"Effective weights, {self.path} path, {self.labels[c]} (scale {self.scale})"
                                 + (f", step {self.step}" if self.step is not None else ""))
