@@ -10,7 +10,7 @@ import torch
 
 from revinterp.analysis.attribution import (
     _COMPONENT_HOOKS,
-    COMPONENTS,
+    DEFAULT_COMPONENTS,
     attribution_agreement,
     attribution_patch,
     attribution_patch_components,
@@ -19,6 +19,7 @@ from revinterp.analysis.attribution import (
 )
 from revinterp.analysis.attribution import _forward_backward as forward_backward
 from revinterp.analysis.metrics import metric_values
+from revinterp.analysis.patching import patch_sweep
 from revinterp.analysis.prompts import PromptPairs, make_prompt_pairs
 from revinterp.data import seed_experiment
 from revinterp.models import ModelConfig, build_model, config_for_data, tokenizer_for
@@ -181,7 +182,7 @@ def test_logit_lens_final_row_is_the_models_output_and_first_row_the_embeddings(
 # -- attribution patching ------------------------------------------------------------------------
 def test_every_gradient_is_captured_and_parameters_are_untouched(tiny_run, tiny_pairs):
     model, pairs = tiny_run.model, tiny_pairs
-    names = sorted({_COMPONENT_HOOKS[c].format(layer=0) for c in COMPONENTS})
+    names = sorted({_COMPONENT_HOOKS[c].format(layer=0) for c in DEFAULT_COMPONENTS})
 
     def score(logits):
         return metric_values("logit_diff", logits, pairs.clean_answer, pairs.corrupted_answer)
@@ -213,6 +214,24 @@ def test_attribution_patching_is_exact_where_the_metric_is_linear(facts_and_toke
     torch.testing.assert_close(estimate.values[1], exact[1], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("direction", ["denoising", "noising"])
+def test_attribution_patching_of_values_patterns_and_the_last_residual_is_exact_where_linear(facts_and_tokenizer,
+                                                                                          direction):
+    """One attention-only layer without normalization: the logit difference is linear in each head's values, in its
+    attention pattern (z = pattern @ v) and in the final residual stream, so the estimate equals exact patching
+    (TransformerLens's own sweeps). Queries and keys pass through the softmax: only their layout is checked."""
+    model, pairs = random_model(facts_and_tokenizer, n_layers=1, normalization_type=None, attn_only=True)
+    estimates = attribution_patch_components(model, pairs, ("v", "v_by_pos", "pattern", "pattern_by_pos",
+                                                            "resid_post", "q", "k_by_pos"), direction=direction)
+    for component, estimate in estimates.items():
+        exact = patch_sweep(model, pairs, component, direction=direction, method="transformer_lens", progress=False)
+        assert estimate.axes == exact.axes and estimate.values.shape == exact.values.shape, component
+        assert estimate.site_labels() == exact.site_labels(), component
+        if component not in ("q", "k_by_pos"):
+            assert (exact.values - estimate.unpatched).abs().max() > 5e-4, component  # something changes
+            torch.testing.assert_close(estimate.values, exact.values, atol=1e-5, rtol=1e-4, msg=component)
+
+
 def test_attribution_patching_is_per_example(tiny_run, tiny_pairs):
     full = attribution_patch(tiny_run.model, tiny_pairs, "head_out_by_pos", metric="logprob")
     part = attribution_patch(tiny_run.model, subset(tiny_pairs, 3), "head_out_by_pos", metric="logprob")
@@ -223,15 +242,15 @@ def test_attribution_patching_is_per_example(tiny_run, tiny_pairs):
 def test_attribution_patching_agrees_with_exact_patching_on_a_trained_model(tiny_run, tiny_pairs):
     model, pairs = tiny_run.model, tiny_pairs
     estimates = attribution_patch_components(model, pairs)
-    assert set(estimates) == set(COMPONENTS)
-    exact = {c: exact_patch(model, pairs, c) for c in COMPONENTS}
+    assert set(estimates) == set(DEFAULT_COMPONENTS)
+    exact = {c: exact_patch(model, pairs, c) for c in DEFAULT_COMPONENTS}
     for component, result in estimates.items():
         assert result.values.shape == exact[component].shape
         torch.testing.assert_close(result.corrupted, exact["resid_pre"][0, 0])  # the <bos> patch changes nothing
         torch.testing.assert_close(result.clean, exact["resid_pre"][0, 1], atol=1e-4, rtol=0)  # swapping the subject
-    estimate = torch.cat([estimates[c].effect.flatten() for c in COMPONENTS])
-    reference = torch.cat([(exact[c] - estimates[c].unpatched).mean(-1).flatten() for c in COMPONENTS])
-    labels = [label for c in COMPONENTS for label in estimates[c].site_labels()]
+    estimate = torch.cat([estimates[c].effect.flatten() for c in DEFAULT_COMPONENTS])
+    reference = torch.cat([(exact[c] - estimates[c].unpatched).mean(-1).flatten() for c in DEFAULT_COMPONENTS])
+    labels = [label for c in DEFAULT_COMPONENTS for label in estimates[c].site_labels()]
     agreement = attribution_agreement(estimate, reference, labels=labels, k=5)
     # Measured on this fixture: Spearman 0.993 over 11 non-trivial sites, top-5 recall 1.0, slope 0.40:
     # it ranks well and underestimates every effect (the subject swap's response saturates).

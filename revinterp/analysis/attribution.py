@@ -48,23 +48,30 @@ from revinterp.evaluation import model_device
 from revinterp.stats import bootstrap_ci, error_bars
 
 DLA_TARGETS = ("logit_diff", "answer")
-COMPONENTS = ("resid_pre", "attn_out", "mlp_out", "head_out", "head_out_by_pos")
+DEFAULT_COMPONENTS = ("resid_pre", "attn_out", "mlp_out", "head_out", "head_out_by_pos")
+"""The components of the full exact sweep (:data:`revinterp.analysis.patching.SWEEP_COMPONENTS` and ``head_out``)."""
+COMPONENTS = (*DEFAULT_COMPONENTS, "resid_post", "q", "k", "v", "q_by_pos", "k_by_pos", "v_by_pos", "pattern",
+              "pattern_by_pos")
+"""Every component attribution patching estimates, named and laid out as in :mod:`revinterp.analysis.patching`."""
 DIRECTIONS = ("denoising", "noising")
 
 # Hook patched for each component, and the axes of its site grid (before the batch axis).
 _COMPONENT_HOOKS = {
     "resid_pre": "blocks.{layer}.hook_resid_pre",
+    "resid_post": "blocks.{layer}.hook_resid_post",
     "attn_out": "blocks.{layer}.hook_attn_out",
     "mlp_out": "blocks.{layer}.hook_mlp_out",
     "head_out": "blocks.{layer}.attn.hook_z",
     "head_out_by_pos": "blocks.{layer}.attn.hook_z",
+    **{f"{qkv}{by}": f"blocks.{{layer}}.attn.hook_{qkv}" for qkv in "qkv" for by in ("", "_by_pos")},
+    "pattern": "blocks.{layer}.attn.hook_pattern",
+    "pattern_by_pos": "blocks.{layer}.attn.hook_pattern",
 }
 COMPONENT_AXES: dict[str, tuple[str, ...]] = {
-    "resid_pre": ("layer", "pos"),
-    "attn_out": ("layer", "pos"),
-    "mlp_out": ("layer", "pos"),
-    "head_out": ("layer", "head"),
-    "head_out_by_pos": ("layer", "pos", "head"),
+    **{c: ("layer", "pos") for c in ("resid_pre", "resid_post", "attn_out", "mlp_out")},
+    **{c: ("layer", "head") for c in ("head_out", "q", "k", "v", "pattern")},
+    **{c: ("layer", "pos", "head") for c in ("head_out_by_pos", "q_by_pos", "k_by_pos", "v_by_pos",
+                                             "pattern_by_pos")},
 }
 
 
@@ -564,8 +571,10 @@ def attribution_patch(
     Args:
         model: a ``TransformerBridge`` in eval mode.
         pairs: the prompt pairs.
-        component: one of :data:`COMPONENTS`: ``resid_pre``, ``attn_out``, ``mlp_out`` ([layer, pos]),
-            ``head_out`` ([layer, head], all positions at once), ``head_out_by_pos`` ([layer, pos, head]).
+        component: one of :data:`COMPONENTS`: ``resid_pre``, ``resid_post``, ``attn_out``, ``mlp_out``
+            ([layer, pos]); ``head_out``, ``q``, ``k``, ``v``, ``pattern`` ([layer, head], all positions at once);
+            ``head_out_by_pos``, ``q_by_pos``, ``k_by_pos``, ``v_by_pos``, ``pattern_by_pos`` ([layer, pos,
+            head]; for the pattern, pos is the destination row).
         metric: ``"logit_diff"`` or ``"logprob"`` (:mod:`revinterp.analysis.metrics`).
         direction: ``"denoising"`` or ``"noising"``.
 
@@ -583,14 +592,15 @@ def attribution_patch(
 def attribution_patch_components(
     model,
     pairs: PromptPairs,
-    components: Sequence[str] = COMPONENTS,
+    components: Sequence[str] = DEFAULT_COMPONENTS,
     *,
     metric: str = "logit_diff",
     direction: str = "denoising",
 ) -> dict[str, AttributionPatchingResult]:
     """:func:`attribution_patch` for several components from the same single forward and backward pass.
 
-    ``mlp_out`` is skipped silently on attention-only models when ``components`` is the default.
+    ``components`` defaults to :data:`DEFAULT_COMPONENTS` (the full exact sweep's); any of :data:`COMPONENTS` may be
+    given. ``mlp_out`` is skipped silently on attention-only models when ``components`` is the default.
     """
     components = tuple(components)
     if not components:
@@ -604,7 +614,7 @@ def attribution_patch_components(
         raise ValueError(f"direction={direction!r}: expected one of {DIRECTIONS}")
     _check_inputs(model, pairs, "attribution_patch")
     if model.cfg.attn_only and "mlp_out" in components:
-        if components != COMPONENTS:
+        if components != DEFAULT_COMPONENTS:
             raise ValueError("component 'mlp_out': the model is attention-only (attn_only=True) and has no MLP")
         components = tuple(c for c in components if c != "mlp_out")
 
@@ -627,12 +637,17 @@ def attribution_patch_components(
         clean_metric, corrupted_metric = (
             (source_metric, base_metric) if direction == "denoising" else (base_metric, source_metric)
         )
-        # Per-site first-order change, summed over the feature axes: [batch, pos, (head)] per layer.
+        # Per-site first-order change, summed over the last axis: [batch, pos, (head)] per layer, or for the pattern
+        # [batch, head, destination] (summed over the source positions of each destination's row).
         change = {name: (base_grads[name] * (source_cache[name] - base_acts[name])).sum(-1) for name in hook_names}
         for component in components:
             per_layer = [change[_COMPONENT_HOOKS[component].format(layer=layer)] for layer in range(n_layers)]
-            if component == "head_out":
+            if component in ("head_out", "q", "k", "v"):
                 per_layer = [c.sum(1) for c in per_layer]  # every position of the head at once
+            elif component == "pattern":
+                per_layer = [c.sum(-1) for c in per_layer]  # every destination row at once
+            elif component == "pattern_by_pos":
+                per_layer = [c.transpose(1, 2) for c in per_layer]  # [batch, destination, head]
             sites = torch.stack(per_layer)  # [layer, batch, ...]
             sites = sites.movedim(1, -1)  # [layer, ..., batch]
             results[component] = AttributionPatchingResult(
