@@ -278,6 +278,11 @@ def test_agreement_on_known_values():
     assert agreement.spearman == pytest.approx(1 - 6 * d2 / (5 * 24))
     assert agreement.top_k_recall == 1.0
     assert {site for site, *_ in agreement.disagreements} <= set("abcde")
+    frame = agreement.to_frame()
+    assert list(frame["site"]) == list("abcde") and list(frame["exact"]) == exact.tolist()
+    assert frame["residual"].tolist() == pytest.approx(
+        (estimate - agreement.intercept - agreement.slope * exact).tolist())
+    assert [trace.name for trace in agreement.plot().data][0] == "sites"
 
     ties = attribution_agreement(torch.tensor([1.0, 1.0, 2.0]), torch.tensor([1.0, 2.0, 3.0]))
     assert ties.spearman == pytest.approx(0.8660254)  # ranks (1.5, 1.5, 3) against (1, 2, 3)

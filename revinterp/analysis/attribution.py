@@ -710,6 +710,9 @@ class Agreement:
         n_trivial: sites left out because both effects were zero (see ``exclude_trivial``).
         disagreements: ``(site, estimate, exact)`` of the sites farthest from the calibration line
             (largest ``|estimate - intercept - slope * exact|``), worst first.
+        sites: the compared sites' names, in order.
+        estimates: their estimated mean effects.
+        exacts: their exact mean effects.
     """
 
     spearman: float
@@ -721,6 +724,35 @@ class Agreement:
     n_sites: int
     n_trivial: int
     disagreements: tuple[tuple[str, float, float], ...]
+    sites: tuple[str, ...] = ()
+    estimates: tuple[float, ...] = ()
+    exacts: tuple[float, ...] = ()
+
+    def to_frame(self):
+        """One row per compared site: ``site``, ``estimate``, ``exact`` and ``residual`` from the calibration line."""
+        import pandas as pd
+
+        frame = pd.DataFrame({"site": list(self.sites), "estimate": list(self.estimates),
+                              "exact": list(self.exacts)})
+        frame["residual"] = frame["estimate"] - self.intercept - self.slope * frame["exact"]
+        return frame
+
+    def plot(self):
+        """Plotly scatter of estimate against exact effect per site, with the identity and the calibration line."""
+        import plotly.graph_objects as go
+
+        low, high = min(*self.exacts, *self.estimates), max(*self.exacts, *self.estimates)
+        fig = go.Figure()
+        fig.add_scatter(x=list(self.exacts), y=list(self.estimates), mode="markers", text=list(self.sites),
+                        name="sites")
+        fig.add_scatter(x=[low, high], y=[low, high], mode="lines", name="estimate = exact",
+                        line=dict(dash="dot", color="black"))
+        fig.add_scatter(x=[low, high], y=[self.intercept + self.slope * low, self.intercept + self.slope * high],
+                        mode="lines", name=f"calibration (slope {self.slope:.2f})")
+        fig.update_layout(title=f"Estimated against exact effect per site: Spearman {self.spearman:.3f}, "
+                                f"top-{self.k} recall {self.top_k_recall:.2f} ({self.n_sites} sites)",
+                          xaxis_title="exact effect", yaxis_title="estimated effect")
+        return fig
 
     def summary(self) -> str:
         lines = [
@@ -803,6 +835,7 @@ def attribution_agreement(
         spearman=_pearson(_average_ranks(est), _average_ranks(exact)), pearson=_pearson(est, exact),
         top_k_recall=len(top_exact & top_est) / k, k=k, slope=slope, intercept=intercept, n_sites=n,
         n_trivial=n_trivial, disagreements=tuple((names[i], est[i].item(), exact[i].item()) for i in worst),
+        sites=tuple(names), estimates=tuple(est.tolist()), exacts=tuple(exact.tolist()),
     )
 
 
