@@ -188,6 +188,7 @@ def compare_splits(
     confidence: float = 0.95,
     n_resamples: int = 2000,
     seed: int = 0,
+    progress: bool = False,
 ) -> SplitInterventions:
     """Patching, attribution patching and direct logit attribution on each split's prompt pairs.
 
@@ -203,6 +204,7 @@ def compare_splits(
         confidence: the intervals' confidence level.
         n_resamples: bootstrap resamples per interval.
         seed: the pairing's and the bootstrap's seed.
+        progress: show a progress bar over the patched sites of each split.
 
     Returns:
         A :class:`SplitInterventions`.
@@ -215,7 +217,7 @@ def compare_splits(
     for split in splits:
         pairs = make_prompt_pairs(facts, split, tokenizer, max_pairs=max_pairs, prompt_length=prompt_length,
                                   seed=seed).to(model_device(model))
-        sweeps = patch_sweeps(model, pairs, components)
+        sweeps = patch_sweeps(model, pairs, components, progress=progress)
         estimates = attribution_patch_components(model, pairs, components)
         parts = direct_logit_attribution(model, pairs)
         n_pairs[split] = len(pairs)

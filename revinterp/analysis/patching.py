@@ -486,7 +486,8 @@ def _sweeps_fast(model, pairs: PromptPairs, components: tuple[str, ...], directi
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=sum(map(len, sites.values())) * -(-n // batch_size), desc="patching", unit="site")
+        bar = tqdm(total=sum(map(len, sites.values())) * -(-n // batch_size), desc="patching", unit="site",
+                   leave=False)
     for start in range(0, n, batch_size):
         rows = slice(start, min(start + batch_size, n))
         ca, cb = pairs.clean_answer[rows], pairs.corrupted_answer[rows]

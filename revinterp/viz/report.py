@@ -220,8 +220,8 @@ def analyze(run_dir: str | Path, *, device=None, progress: bool = True, max_pair
     run = load_run(run_dir, device=device)
     steps: list[tuple[str, Callable[[], Section]]] = [
         ("behaviour", lambda: behaviour_section(run)),
-        ("forward fact", lambda: forward_section(run, max_pairs)),
-        ("reverse path", lambda: reverse_section(run, run_dir, max_pairs)),
+        ("forward fact", lambda: forward_section(run, max_pairs, progress)),
+        ("reverse path", lambda: reverse_section(run, run_dir, max_pairs, progress)),
         ("dynamics", lambda: dynamics_section(run_dir, device, run.facts)),
     ]
     sections = []
@@ -273,7 +273,7 @@ def behaviour_section(run) -> Section:
     return section
 
 
-def forward_section(run, max_pairs: int) -> Section:
+def forward_section(run, max_pairs: int, progress: bool = False) -> Section:
     from revinterp.analysis.attribution import direct_logit_attribution, logit_lens
     from revinterp.analysis.patching import SWEEP_COMPONENTS, localize, patch_sweeps
     from revinterp.analysis.prompts import make_prompt_pairs
@@ -289,7 +289,7 @@ def forward_section(run, max_pairs: int) -> Section:
                             "subject of the same split; metric: logit difference clean answer - corrupted answer."
                             + (f" The prompts have several lengths; those of {length} tokens are used." if length
                                else ""))
-    sweeps = patch_sweeps(run.model, pairs, SWEEP_COMPONENTS)
+    sweeps = patch_sweeps(run.model, pairs, SWEEP_COMPONENTS, progress=progress)
     for component, result in sweeps.items():
         (site, value), *_ = result.top(1)
         section.findings.append(
@@ -352,7 +352,7 @@ def attention_block(run, pairs, heads: list[str], name: str, title: str, index: 
                  "Attention pattern (destination x source) of each head; hover a head to inspect it.")
 
 
-def reverse_section(run, run_dir, max_pairs: int) -> Section:
+def reverse_section(run, run_dir, max_pairs: int, progress: bool = False) -> Section:
     from revinterp.analysis.gradients import gradient_step_effects
     from revinterp.analysis.interventions import METHODS, compare_splits, excludes_zero
     from revinterp.analysis.probes import probe_answer_identity
@@ -367,6 +367,7 @@ def reverse_section(run, run_dir, max_pairs: int) -> Section:
         splits = (*seen, *held)
         length = common_prompt_length(run, splits)
         result = compare_splits(run.model, run.facts, splits, tokenizer=run.tokenizer, max_pairs=max_pairs,
+                                progress=progress,
                                 prompt_length=length)
         seen_effect = result.total[seen[0]].mean if seen else None
         for split in splits:
