@@ -22,6 +22,7 @@ from common import (
     behaviour_over_seeds,
     ci,
     est,
+    intervention_record,
     parser,
     probe_summary,
     rank_versus,
@@ -38,16 +39,6 @@ from revinterp.models import load_run
 from revinterp.stats import error_bars
 
 HELD_OUT, SEEN = "chain_composed_held_out", "chain_composed_seen"
-
-
-def interventions(run, splits: tuple[str, str]) -> dict:
-    """``compare_splits`` on the composed prompts: total effect, sites distinguishable from zero, largest sites."""
-    result = compare_splits(run.model, run.facts, splits, tokenizer=run.tokenizer)
-    return {s: dict(n_pairs=result.n_pairs[s], total=result.total[s],
-                    distinguishable={m: len(result.distinguishable(s, m)) for m in METHODS},
-                    tested={m: result.n_tested(s, m) for m in METHODS},
-                    largest={m: [(e.site, e.estimate) for e in result.largest(s, m, 3)] for m in METHODS})
-            for s in splits}
 
 
 def main() -> None:
@@ -69,7 +60,8 @@ def main() -> None:
         probes = probe_answer_identity(run.model, run.facts, direction="composed", tokenizer=run.tokenizer)
         per_seed.append(dict(seed=seed, run=study.run_log[-1], splits=behaviour.to_dict()["splits"],
                              effective_weight_effect={s: weights.estimate(s) for s in weights.splits},
-                             patching=interventions(run, (SEEN, HELD_OUT)),
+                             patching=intervention_record(compare_splits(run.model, run.facts, (SEEN, HELD_OUT),
+                                                                         tokenizer=run.tokenizer)),
                              probe=probe_summary(probes)))
         if seed == study.seeds[0]:
             study.figure(probes.plot(), "probes_seed0", f"Seed {seed}: probe for z at the composed prompt, per depth "

@@ -357,3 +357,15 @@ def probe_summary(result) -> dict:
                 best_site=f"{result.depth_labels[bd]} @{result.position_labels[bp]}", best_cv=float(cv[bd, bp]),
                 best_site_test=float(test[bd, bp]), max_test=float(test.max()),
                 final_control_test=float(result.control_test_accuracy[d, p]))
+
+
+def intervention_record(result) -> dict:
+    """Per split of a ``SplitInterventions``: pairs, total effect, per method the sites distinguishable from zero, the
+    sites tested and the three largest."""
+    from revinterp.analysis.interventions import METHODS
+
+    return {s: dict(n_pairs=result.n_pairs[s], total=result.total[s],
+                    distinguishable={m: len(result.distinguishable(s, m)) for m in METHODS},
+                    tested={m: result.n_tested(s, m) for m in METHODS},
+                    largest={m: [(e.site, e.estimate) for e in result.largest(s, m, 3)] for m in METHODS})
+            for s in result.splits}

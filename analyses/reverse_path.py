@@ -45,7 +45,7 @@ prompts show where.
 from __future__ import annotations
 
 import plotly.graph_objects as go
-from common import Study, ci, est, head_heatmap, parser, probe_summary, table, versus
+from common import Study, ci, est, head_heatmap, intervention_record, parser, probe_summary, table, versus
 
 from revinterp.analysis.gradients import gradient_step_effects
 from revinterp.analysis.interventions import METHODS, compare_splits
@@ -53,7 +53,7 @@ from revinterp.analysis.patching import SWEEP_COMPONENTS, localize, patch_sweeps
 from revinterp.analysis.probes import probe_answer_identity
 from revinterp.analysis.prompts import make_prompt_pairs
 from revinterp.analysis.starvation import starvation_report
-from revinterp.analysis.weights import effective_weights
+from revinterp.analysis.weights import effective_weights, single_token_entities
 from revinterp.data import apply_mitigation, knowledge_graph, seed_experiment, with_attributes
 from revinterp.evaluation import evaluate
 from revinterp.models import load_run
@@ -106,20 +106,13 @@ def main() -> None:
             record = dict(seed=seed, run=study.run_log[-1],
                           behaviour={s: behaviour[s].metrics() for s in (SEEN, HELD)})
             interventions = compare_splits(model, run.facts, (SEEN, HELD), tokenizer=tok)
-            record["patching"] = {s: dict(
-                n_pairs=interventions.n_pairs[s], total=interventions.total[s],
-                distinguishable={m: len(interventions.distinguishable(s, m)) for m in METHODS},
-                tested={m: interventions.n_tested(s, m) for m in METHODS},
-                largest={m: [(e.site, e.estimate) for e in interventions.largest(s, m, 3)] for m in METHODS},
-            ) for s in (SEEN, HELD)}
+            record["patching"] = intervention_record(interventions)
             if seed == study.seeds[0]:
                 study.figure(interventions.plot(), f"{setup}_interventions_seed{seed}",
                              f"{setup}, seed {seed}: total effect of swapping the subject and the patching sites of "
                              "largest effect on the logit difference, seen against held-out reverse prompts (95 % "
                              "intervals over prompt pairs).", width=12)
-            single_token = all(len(s.subject.split()) == 1 and len(s.object.split()) == 1
-                               for s in run.facts.statements)
-            if single_token:
+            if single_token_entities(run.facts.statements):
                 e2e = effective_weights(model, run.facts, path="end_to_end", splits=(SEEN, HELD))
                 record["weights"] = {s: e2e.estimate(s) for s in (SEEN, HELD)}
                 ov = effective_weights(model, run.facts, path="ov", scale="prompts", splits=(SEEN, HELD))

@@ -216,7 +216,10 @@ def gradient_step_effects(
     if not lr > 0:
         raise ValueError(f"lr={lr}: expected a positive step size")
     tokenizer = tokenizer if tokenizer is not None else model.tokenizer
-    pairs = _stepped_statements(facts, splits)
+    pairs = counterpart_pairs(facts, splits)
+    if not pairs:
+        raise ValueError(f"no trained statement of splits {splits} has a counterpart in the other direction; "
+                         f"the fact set has {facts.split_names}")
     analysed = model
     if actual or (dtype is not None and dtype != next(model.parameters()).dtype):
         analysed = copy.deepcopy(model)
@@ -345,8 +348,9 @@ def gradient_step_effects_over_training(
 
 
 # == helpers ======================================================================================
-def _stepped_statements(facts: FactSet, splits: Sequence[str] | None) -> list[tuple[Statement, Statement]]:
-    """(trained statement, its counterpart) for every trained statement of ``splits`` that has one."""
+def counterpart_pairs(facts: FactSet, splits: Sequence[str] | None = None) -> list[tuple[Statement, Statement]]:
+    """(trained statement, its counterpart in the other direction) for every trained statement of ``splits`` (default
+    all) that has one; empty for data without forward/reverse pairs (e.g. chains)."""
     by_fact: dict[int, dict[str, Statement]] = {}
     for s in facts.statements:
         by_fact.setdefault(s.fact, {})[s.direction] = s
@@ -362,9 +366,6 @@ def _stepped_statements(facts: FactSet, splits: Sequence[str] | None) -> list[tu
         if s.trained and (splits is None or s.split in splits)
         and s.direction in other and other[s.direction] in by_fact[s.fact]
     ]
-    if not pairs:
-        raise ValueError(f"no trained statement of splits {splits} has a counterpart in the other direction; "
-                         f"the fact set has {facts.split_names}")
     order = {name: i for i, name in enumerate(SPLITS)}
     return sorted(pairs, key=lambda p: (order[p[0].split], p[0].fact))
 

@@ -57,7 +57,7 @@ effect minus the held-out direction's.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -248,6 +248,12 @@ class EffectiveWeights:
 
 
 @torch.no_grad()
+def single_token_entities(statements: Iterable[Statement]) -> bool:
+    """Whether every subject and object of ``statements`` (e.g. ``facts.statements``) is one token (word): the
+    effective-weight maps are token-to-token and need it."""
+    return all(len(s.subject.split()) == 1 and len(s.object.split()) == 1 for s in statements)
+
+
 def effective_weights(
     model,
     facts: FactSet,
@@ -511,13 +517,12 @@ def _entity_blocks(facts: FactSet) -> dict[str, tuple[list[str], list[str], list
                             key=lambda s: (order[s.split], s.fact))
         if not statements:
             continue
-        for s in statements:
-            for entity in (s.subject, s.object):
-                if len(entity.split()) != 1:
-                    raise ValueError(
-                        f"entity {entity!r} of statement {s}: effective weights are token-to-token maps; "
-                        "expected single-token entities"
-                    )
+        if not single_token_entities(statements):
+            s, entity = next((s, e) for s in statements for e in (s.subject, s.object) if len(e.split()) != 1)
+            raise ValueError(
+                f"entity {entity!r} of statement {s}: effective weights are token-to-token maps; "
+                "expected single-token entities"
+            )
         subjects = list(dict.fromkeys(s.subject for s in statements))
         objects = list(dict.fromkeys(s.object for s in statements))
         blocks[relation] = (subjects, objects, statements)

@@ -187,11 +187,6 @@ MULTI_TOKEN_WEIGHTS = ("Effective weights: not computed, since they are token-to
                        "several tokens.")
 
 
-def single_token_entities(facts) -> bool:
-    """Whether every entity of ``facts`` is one token (word), as the effective-weight maps need."""
-    return all(len(s.subject.split()) == 1 and len(s.object.split()) == 1 for s in facts.statements)
-
-
 def common_prompt_length(run, splits) -> int | None:
     """The prompt length shared by most statements of ``splits`` when their prompts have several lengths (patching
     needs one), else None."""
@@ -353,11 +348,11 @@ def attention_block(run, pairs, heads: list[str], name: str, title: str, index: 
 
 
 def reverse_section(run, run_dir, max_pairs: int, progress: bool = False) -> Section:
-    from revinterp.analysis.gradients import gradient_step_effects
+    from revinterp.analysis.gradients import counterpart_pairs, gradient_step_effects
     from revinterp.analysis.interventions import METHODS, compare_splits, excludes_zero
     from revinterp.analysis.probes import probe_answer_identity
     from revinterp.analysis.starvation import starvation_report
-    from revinterp.analysis.weights import effective_weights
+    from revinterp.analysis.weights import effective_weights, single_token_entities
 
     section = Section("reverse", "3. Why is there no reverse path?")
     # reverse interventions: does any component carry the answer when the reverse question is asked?
@@ -392,7 +387,7 @@ def reverse_section(run, run_dir, max_pairs: int, progress: bool = False) -> Sec
         section.figure("reverse_interventions", "Interventions on reverse prompts: total effect and the patching "
                                                 "sites of largest effect", result.plot())
         section.figure("reverse_dla", "The same for direct logit attribution", result.plot("dla"))
-    if single_token_entities(run.facts):
+    if single_token_entities(run.facts.statements):
         weights = effective_weights(run.model, run.facts, path="end_to_end")
         for split in weights.splits:
             est = weights.estimate(split)
@@ -421,10 +416,7 @@ def reverse_section(run, run_dir, max_pairs: int, progress: bool = False) -> Sec
         section.findings.append("Probes: not run, since the reverse prompts have several lengths (positions must line "
                                 "up; call probes.probe_answer_identity on one relation or template at a time) or a "
                                 "reverse split has fewer than two statements.")
-    directions: dict[int, set[str]] = {}
-    for s in run.facts.statements:
-        directions.setdefault(s.fact, set()).add(s.direction)
-    if any({"forward", "reverse"} <= d for d in directions.values()):
+    if counterpart_pairs(run.facts):
         grads = gradient_step_effects(run.model, run.facts)
         for split in grads.splits:
             section.findings.append(f"One SGD step on a {split} statement moves the other direction's answer logit "
@@ -448,7 +440,7 @@ def reverse_section(run, run_dir, max_pairs: int, progress: bool = False) -> Sec
 
 def dynamics_section(run_dir, device, facts) -> Section:
     from revinterp.analysis.dynamics import behaviour_dynamics
-    from revinterp.analysis.weights import effective_weights_over_training
+    from revinterp.analysis.weights import effective_weights_over_training, single_token_entities
     from revinterp.stats import bootstrap_ci
 
     section = Section("dynamics", "4. How did it evolve over training?")
@@ -457,7 +449,7 @@ def dynamics_section(run_dir, device, facts) -> Section:
         section.findings.append(f"p(answer) on {name}: {curve[0].item():.3f} at step {curves.steps[0]} -> "
                                 f"{curve[-1].item():.3f} at step {curves.steps[-1]}.")
     section.figure("behaviour_dynamics", "Mean probability of the answer per split over training", curves.plot())
-    if not single_token_entities(facts):
+    if not single_token_entities(facts.statements):
         section.findings.append(MULTI_TOKEN_WEIGHTS)
         return section
     weights = effective_weights_over_training(run_dir, path="end_to_end", device=device)
