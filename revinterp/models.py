@@ -203,6 +203,22 @@ class LoadedRun:
     config: ModelConfig
 
 
+def unpack_run(model_or_run, facts: FactSet | None = None, tokenizer=None) -> tuple[object, FactSet, object]:
+    """``(model, facts, tokenizer)`` for an analysis given a :class:`LoadedRun` or a model with its facts.
+
+    Analyses that read a model and its facts take either ``analysis(run)`` or ``analysis(model, facts)``;
+    the tokenizer defaults to the run's (or the model's own ``model.tokenizer``).
+    """
+    if isinstance(model_or_run, LoadedRun):
+        if facts is not None:
+            raise ValueError("got a LoadedRun and facts; expected one or the other (a run carries its own facts)")
+        return model_or_run.model, model_or_run.facts, tokenizer if tokenizer is not None else model_or_run.tokenizer
+    if not isinstance(facts, FactSet):
+        raise ValueError(f"facts is {type(facts).__name__}; expected a FactSet with the model (or pass a LoadedRun "
+                         "alone: analysis(run))")
+    return model_or_run, facts, tokenizer if tokenizer is not None else model_or_run.tokenizer
+
+
 def load_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, device=None) -> LoadedRun:
     """Read a run directory written by :func:`revinterp.training.train`.
 
