@@ -1,6 +1,13 @@
-"""Shared fixtures: one trained `tiny` run per test session (a few seconds on 2 CPU cores)."""
+"""Shared fixtures: one trained `tiny` run per test session (a few seconds on 2 CPU cores), and a trained run of the
+`default` architecture on a reduced fact set, cached across sessions under pytest's cache directory."""
 
 from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +17,7 @@ from revinterp.models import MODEL_PRESETS, load_run
 from revinterp.training import TRAINING_PRESETS, train
 
 TINY_PAIRS = 40
+DEFAULT_PAIRS = 60
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +39,46 @@ def tiny_run_dir(tmp_path_factory, tiny_facts):
 def tiny_run(tiny_run_dir):
     """The trained tiny run loaded back (model in eval mode, on the CPU)."""
     return load_run(tiny_run_dir, device="cpu")
+
+
+def _code_fingerprint(config: dict) -> str:
+    """Hash of what determines a trained run: the configuration, torch's version and the code that trains."""
+    import revinterp
+
+    package = Path(revinterp.__file__).parent
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    digest.update(torch.__version__.encode())
+    for source in sorted([*package.glob("data/*.py"), package / "models.py", package / "training.py",
+                          package / "evaluation.py", package / "io.py"]):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+@pytest.fixture(scope="session")
+def default_run_dir(request):
+    """The `default` architecture (2 layers, d_model 128) trained until fitted on 60 seed pairs, on the CPU.
+
+    Trained once and kept under pytest's cache directory (not committed), keyed by a hash of the configuration
+    and of the training code, so a change to either trains it anew.
+    """
+    facts = seed_experiment(DEFAULT_PAIRS, seed=0)
+    model_config, training_config = MODEL_PRESETS["default"], TRAINING_PRESETS["default"]
+    key = _code_fingerprint({"facts": [asdict(s) for s in facts.statements], "model": asdict(model_config),
+                             "training": asdict(training_config)})
+    cache = Path(request.config.cache.mkdir("revinterp-default-run"))
+    run_dir = cache / key
+    if not (run_dir / "model.safetensors").is_file():
+        for stale in cache.iterdir():
+            shutil.rmtree(stale, ignore_errors=True)
+        result = train(facts, model_config, training_config, run_dir, progress=False, device="cpu")
+        assert result.fitted, "the default preset must fit its training splits"
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def default_run(default_run_dir):
+    """The trained default-architecture run loaded back (model in eval mode, on the CPU)."""
+    return load_run(default_run_dir, device="cpu")
 
 
 @pytest.fixture(autouse=True)
