@@ -30,7 +30,7 @@ from common import (
     versus,
 )
 
-from revinterp.analysis.interventions import METHODS, compare_splits
+from revinterp.analysis.interventions import INTERVENTION_METHODS, compare_splits
 from revinterp.analysis.probes import probe_answer_identity
 from revinterp.analysis.weights import effective_weights
 from revinterp.data import chain_experiment
@@ -81,7 +81,8 @@ def main() -> None:
     patching = {s: ci([r["patching"][s]["total"].mean for r in per_seed]) for s in (SEEN, HELD_OUT)}
     patching_nonzero = {s: sum(not (r["patching"][s]["total"].low <= 0 <= r["patching"][s]["total"].high)
                                for r in per_seed) for s in (SEEN, HELD_OUT)}
-    sites_nonzero = {s: {m: ci([r["patching"][s]["distinguishable"][m] for r in per_seed]) for m in METHODS}
+    sites_nonzero = {s: {m: ci([r["patching"][s]["distinguishable"][m] for r in per_seed])
+                         for m in INTERVENTION_METHODS}
                      for s in (SEEN, HELD_OUT)}
     n_tested = per_seed[0]["patching"][SEEN]["tested"]["patching"]
     probe = {k: ci([r["probe"][k] for r in per_seed]) for k in ("final_cv", "final_test", "final_control_test")}
@@ -142,8 +143,8 @@ def main() -> None:
         f"pairs in {patching_nonzero[HELD_OUT]} of {len(per_seed)} seeds), against {est(patching[SEEN])} for trained "
         f"composed facts ({patching_nonzero[SEEN]} of {len(per_seed)} seeds). Sites distinguishable from zero "
         f"(patching / attribution patching / DLA, mean per seed): held-out "
-        + " / ".join(f"{sites_nonzero[HELD_OUT][m].mean:.1f}" for m in METHODS) + ", trained "
-        + " / ".join(f"{sites_nonzero[SEEN][m].mean:.1f}" for m in METHODS)
+        + " / ".join(f"{sites_nonzero[HELD_OUT][m].mean:.1f}" for m in INTERVENTION_METHODS) + ", trained "
+        + " / ".join(f"{sites_nonzero[SEEN][m].mean:.1f}" for m in INTERVENTION_METHODS)
         + f" of {n_tested} patched sites (about 5 % of sites with no effect exclude zero by chance).")
     findings.append(
         f"Probe for z at the last position of the final residual stream: held-out composed facts "

@@ -362,10 +362,10 @@ def probe_summary(result) -> dict:
 def intervention_record(result) -> dict:
     """Per split of a ``SplitInterventions``: pairs, total effect, per method the sites distinguishable from zero, the
     sites tested and the three largest."""
-    from revinterp.analysis.interventions import METHODS
+    from revinterp.analysis.interventions import INTERVENTION_METHODS
 
     return {s: dict(n_pairs=result.n_pairs[s], total=result.total[s],
-                    distinguishable={m: len(result.distinguishable(s, m)) for m in METHODS},
-                    tested={m: result.n_tested(s, m) for m in METHODS},
-                    largest={m: [(e.site, e.estimate) for e in result.largest(s, m, 3)] for m in METHODS})
+                    distinguishable={m: len(result.distinguishable(s, m)) for m in INTERVENTION_METHODS},
+                    tested={m: result.n_tested(s, m) for m in INTERVENTION_METHODS},
+                    largest={m: [(e.site, e.estimate) for e in result.largest(s, m, 3)] for m in INTERVENTION_METHODS})
             for s in result.splits}

@@ -8,12 +8,12 @@ On the default seed-experiment run of each seed, with clean/corrupted prompt pai
 
 - full activation-patching sweeps (``patching.patch_sweeps``: resid_pre, attn_out, mlp_out per layer x position, each
   head per layer x position), denoising and noising, normalized (0 = corrupted run, 1 = clean run);
-- ``patching.localize(target=0.8)``: sites ranked by their own denoising effect and restored *together* until 80 % of
+- ``localize.localize(target=0.8)``: sites ranked by their own denoising effect and restored *together* until 80 % of
   the clean logit difference is recovered; the recovered fraction with its interval over examples, per seed and over
   seeds, and which sites were chosen;
-- direct logit attribution (``attribution.direct_logit_attribution``) per head, attention block and MLP;
-- attribution patching (``attribution.attribution_patch_components``) against the exact sweeps
-  (``attribution.attribution_agreement``): Spearman rank correlation, top-k recall and calibration slope, per
+- direct logit attribution (``dla.direct_logit_attribution``) per head, attention block and MLP;
+- attribution patching (``attribution_patching.attribution_patch_components``) against the exact sweeps
+  (``agreement.attribution_agreement``): Spearman rank correlation, top-k recall and calibration slope, per
   component and pooled over every site, denoising and noising.
 
 Head indices are arbitrary across seeds (any head can take a role), so head-level results are summarized per seed
@@ -28,20 +28,19 @@ import plotly.graph_objects as go
 import torch
 from common import Study, ci, est, head_heatmap, parser, table, versus
 
-from revinterp.analysis.attribution import (
-    attribution_agreement,
-    attribution_patch_components,
-    direct_logit_attribution,
-    logit_lens,
-)
-from revinterp.analysis.patching import SWEEP_COMPONENTS, localize, patch_sweeps
+from revinterp.analysis.agreement import attribution_agreement
+from revinterp.analysis.attribution_patching import attribution_patch_components
+from revinterp.analysis.dla import direct_logit_attribution
+from revinterp.analysis.localize import localize
+from revinterp.analysis.logit_lens import logit_lens
+from revinterp.analysis.patching import PATCH_DIRECTIONS, patch_sweeps
 from revinterp.analysis.prompts import make_prompt_pairs
+from revinterp.analysis.sites import SWEEP_COMPONENTS
 from revinterp.data import seed_experiment
 from revinterp.models import load_run
 from revinterp.stats import error_bars
 
 SPLIT = "forward_seen"
-DIRECTIONS = ("denoising", "noising")
 AGREEMENT_K = 5
 # make_prompt_pairs pairs each prompt with another by a random cyclic shift drawn from its seed; with the default seed
 # 0 and the 140 forward_seen prompts of the 200-pair seed experiment the shift is always 70 = n/2, so the pairing is a
@@ -84,7 +83,7 @@ def main() -> None:
         record = dict(seed=seed, run=study.run_log[-1], n_prompt_pairs=len(pairs), labels=pairs.labels,
                       pairing_is_involution=all(partner.get(partner[k]) == k for k in partner))
         sweeps = {direction: patch_sweeps(run.model, pairs, SWEEP_COMPONENTS, direction=direction)
-                  for direction in DIRECTIONS}
+                  for direction in PATCH_DIRECTIONS}
         first = sweeps["denoising"]["resid_pre"]
         record["clean_logit_diff"] = ci(first.clean)
         record["corrupted_logit_diff"] = ci(first.corrupted)
@@ -117,7 +116,7 @@ def main() -> None:
         record["logit_lens_accuracy"] = dict(zip(lens.labels, lens.accuracy.tolist()))
 
         record["agreement"] = {}
-        for direction in DIRECTIONS:
+        for direction in PATCH_DIRECTIONS:
             estimates = attribution_patch_components(run.model, pairs, SWEEP_COMPONENTS, direction=direction)
             per_component = {c: agreement_or_none(estimates[c], sweeps[direction][c]) for c in SWEEP_COMPONENTS}
             est_effect = torch.cat([estimates[c].effect.flatten().cpu() for c in SWEEP_COMPONENTS])
@@ -152,19 +151,19 @@ def main() -> None:
     site_agg = {d: {c: {site: ci([r["normalized"][d][c][site] for r in per_seed])
                         for site in per_seed[0]["normalized"][d][c]}
                     for c in SWEEP_COMPONENTS if c != "head_out_by_pos"}
-                for d in DIRECTIONS}
+                for d in PATCH_DIRECTIONS}
     loc = [r["localization"] for r in per_seed]
     chosen_counts = Counter(site for r in loc for site in r["chosen"])
     dla_components = {part: ci([r["dla"]["components"][part] for r in per_seed])
                       for part in per_seed[0]["dla"]["components"]}
     agreement = {d: {m: ci([r["agreement"][d]["pooled"][m] for r in per_seed])
                      for m in ("spearman", "pearson", "top_k_recall", "slope")}
-                 for d in DIRECTIONS}
+                 for d in PATCH_DIRECTIONS}
     agreement_by_component = {
         d: {c: {m: ci([r["agreement"][d]["per_component"][c][m] for r in per_seed
                        if r["agreement"][d]["per_component"][c] is not None])
                 for m in ("spearman", "top_k_recall", "slope")} for c in SWEEP_COMPONENTS}
-        for d in DIRECTIONS}
+        for d in PATCH_DIRECTIONS}
     aggregates = dict(
         labels=labels,
         clean_logit_diff=ci([r["clean_logit_diff"].mean for r in per_seed]),
@@ -196,11 +195,11 @@ def main() -> None:
                  "Normalized denoising effect of every residual-stream, attention-output and MLP-output site, mean "
                  "over seeds with 95 % intervals over seeds.", width=12)
     fig = go.Figure()
-    for direction in DIRECTIONS:
+    for direction in PATCH_DIRECTIONS:
         for r in per_seed:
             fig.add_scatter(x=r["agreement"][direction]["exact"], y=r["agreement"][direction]["estimate"],
                             mode="markers", name=f"{direction}, seed {r['seed']}")
-    lim = max(max(map(abs, r["agreement"][d]["exact"])) for r in per_seed for d in DIRECTIONS)
+    lim = max(max(map(abs, r["agreement"][d]["exact"])) for r in per_seed for d in PATCH_DIRECTIONS)
     fig.add_scatter(x=[-lim, lim], y=[-lim, lim], mode="lines", name="estimate = exact")
     fig.update_layout(title="Attribution patching against exact patching, every site (change of the logit difference)",
                       xaxis_title="exact effect", yaxis_title="attribution-patching estimate")
@@ -240,12 +239,12 @@ def main() -> None:
     results_table += ["", "### Attribution patching against exact patching (pooled over every site; over seeds)", ""]
     results_table += table(["direction", "Spearman", "Pearson", f"top-{AGREEMENT_K} recall", "calibration slope"],
                            [[d, *(est(agreement[d][m]) for m in ("spearman", "pearson", "top_k_recall", "slope"))]
-                            for d in DIRECTIONS])
+                            for d in PATCH_DIRECTIONS])
     results_table += ["", "Per component (Spearman / top-k recall / slope):", ""]
     results_table += table(["direction", "component", "Spearman", "top-k recall", "slope"],
                            [[d, c, *(est(agreement_by_component[d][c][m]) for m in ("spearman", "top_k_recall",
                                                                                   "slope"))]
-                            for d in DIRECTIONS for c in SWEEP_COMPONENTS])
+                            for d in PATCH_DIRECTIONS for c in SWEEP_COMPONENTS])
 
     den = site_agg["denoising"]
     strongest = {c: max(den[c], key=lambda s, c=c: den[c][s].mean) for c in den}
@@ -271,7 +270,7 @@ def main() -> None:
         f"{est(aggregates['dla_top_head_share'])} of the total (decomposition error at most "
         f"{aggregates['dla_max_abs_residual']:.1e}).",
     ]
-    for direction in DIRECTIONS:
+    for direction in PATCH_DIRECTIONS:
         a = agreement[direction]
         findings.append(
             f"Attribution patching ({direction}), pooled over every site: Spearman {est(a['spearman'])}, top-"

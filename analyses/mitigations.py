@@ -29,8 +29,10 @@ import torch
 from common import Study, ci, est, head_heatmap, parser, rank_versus, table, versus
 
 from revinterp.analysis.dynamics import behaviour_dynamics
-from revinterp.analysis.patching import SWEEP_COMPONENTS, localize, patch_sweeps
+from revinterp.analysis.localize import localize
+from revinterp.analysis.patching import patch_sweeps
 from revinterp.analysis.prompts import make_prompt_pairs
+from revinterp.analysis.sites import SWEEP_COMPONENTS
 from revinterp.analysis.weights import effective_weights
 from revinterp.data import MITIGATIONS, apply_mitigation, seed_experiment
 from revinterp.evaluation import evaluate

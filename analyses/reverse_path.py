@@ -48,10 +48,12 @@ import plotly.graph_objects as go
 from common import Study, ci, est, head_heatmap, intervention_record, parser, probe_summary, table, versus
 
 from revinterp.analysis.gradients import gradient_step_effects
-from revinterp.analysis.interventions import METHODS, compare_splits
-from revinterp.analysis.patching import SWEEP_COMPONENTS, localize, patch_sweeps
+from revinterp.analysis.interventions import INTERVENTION_METHODS, compare_splits
+from revinterp.analysis.localize import localize
+from revinterp.analysis.patching import patch_sweeps
 from revinterp.analysis.probes import probe_answer_identity
 from revinterp.analysis.prompts import make_prompt_pairs
+from revinterp.analysis.sites import SWEEP_COMPONENTS
 from revinterp.analysis.starvation import starvation_report
 from revinterp.analysis.weights import effective_weights, single_token_entities
 from revinterp.data import apply_mitigation, knowledge_graph, seed_experiment, with_attributes
@@ -180,10 +182,12 @@ def aggregate(rows: list[dict]) -> dict:
         patching={s: ci([r["patching"][s]["total"].mean for r in rows]) for s in (SEEN, HELD)},
         patching_distinguishable={s: sum(not (r["patching"][s]["total"].low <= 0 <= r["patching"][s]["total"].high)
                                          for r in rows) for s in (SEEN, HELD)},
-        sites_distinguishable={s: {m: ci([r["patching"][s]["distinguishable"][m] for r in rows]) for m in METHODS}
+        sites_distinguishable={s: {m: ci([r["patching"][s]["distinguishable"][m] for r in rows])
+                                   for m in INTERVENTION_METHODS}
                                for s in (SEEN, HELD)},
-        sites_tested={s: {m: ci([r["patching"][s]["tested"][m] for r in rows]) for m in METHODS} for s in (SEEN, HELD)},
-        largest_held_out_site={m: [r["patching"][HELD]["largest"][m][0] for r in rows] for m in METHODS},
+        sites_tested={s: {m: ci([r["patching"][s]["tested"][m] for r in rows]) for m in INTERVENTION_METHODS}
+                      for s in (SEEN, HELD)},
+        largest_held_out_site={m: [r["patching"][HELD]["largest"][m][0] for r in rows] for m in INTERVENTION_METHODS},
         probe={k: ci([r["probe"][k] for r in rows]) for k in ("final_cv", "final_test", "best_cv", "best_site_test",
                                                               "max_test", "final_control_test")},
         probe_chance=rows[0]["probe"]["chance"],
@@ -278,11 +282,11 @@ def summarize(aggregates: dict) -> tuple[list[str], list[str]]:
                           "effect do so by chance:", ""]
     results_table += table(
         ["setup", "held-out: seeds with Δ ≠ 0", "seen: seeds with Δ ≠ 0",
-         *(f"held-out / seen sites ≠ 0 ({m})" for m in METHODS), "all fitted"],
+         *(f"held-out / seen sites ≠ 0 ({m})" for m in INTERVENTION_METHODS), "all fitted"],
         [[s, f"{a['patching_distinguishable'][HELD]} of {a['n_seeds']}",
           f"{a['patching_distinguishable'][SEEN]} of {a['n_seeds']}",
           *(f"{a['sites_distinguishable'][HELD][m].mean:.1f} / {a['sites_distinguishable'][SEEN][m].mean:.1f} "
-            f"of {a['sites_tested'][SEEN][m].mean:.0f}" for m in METHODS), a["all_fitted"]]
+            f"of {a['sites_tested'][SEEN][m].mean:.0f}" for m in INTERVENTION_METHODS), a["all_fitted"]]
          for s, a in aggregates.items()])
     findings = []
     for setup, a in aggregates.items():
@@ -311,8 +315,8 @@ def verdict(setup: str, a: dict) -> str:
         f"swapping the subject changes the held-out logit difference by {est(patch_held)} ({100 * patch_share:.1f} % "
         f"of the seen-reverse {est(patch_seen)}); sites with an effect distinguishable from zero (patching / "
         f"attribution patching / DLA, mean per seed): held-out "
-        + " / ".join(f"{a['sites_distinguishable'][HELD][m].mean:.1f}" for m in METHODS) + ", seen "
-        + " / ".join(f"{a['sites_distinguishable'][SEEN][m].mean:.1f}" for m in METHODS)
+        + " / ".join(f"{a['sites_distinguishable'][HELD][m].mean:.1f}" for m in INTERVENTION_METHODS) + ", seen "
+        + " / ".join(f"{a['sites_distinguishable'][SEEN][m].mean:.1f}" for m in INTERVENTION_METHODS)
         + f" of about {a['sites_tested'][SEEN]['patching'].mean:.0f} patched sites;",
     ]
     if "weights" in a:

@@ -46,8 +46,10 @@ from patching import (  # noqa: E402
     transformer_lens_sweep,
 )
 
-from revinterp.analysis.attribution import attribution_agreement, attribution_patch_components  # noqa: E402
-from revinterp.analysis.patching import SWEEP_COMPONENTS, patch_sweeps  # noqa: E402
+from revinterp.analysis.agreement import attribution_agreement  # noqa: E402
+from revinterp.analysis.attribution_patching import attribution_patch_components  # noqa: E402
+from revinterp.analysis.patching import patch_sweeps  # noqa: E402
+from revinterp.analysis.sites import SWEEP_COMPONENTS  # noqa: E402
 from revinterp.io import atomic_write_text  # noqa: E402
 
 

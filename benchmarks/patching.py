@@ -5,7 +5,7 @@ Measures, in one process, on one device, the full exact denoising sweep of a tra
 built by ``make_prompt_pairs`` per split and concatenated), per-example logit differences kept:
 
 - residual stream (``resid_pre``), attention output and MLP output per layer x position, and every
-  head's output per layer x position x head (``revinterp.analysis.patching.SWEEP_COMPONENTS``);
+  head's output per layer x position x head (``revinterp.analysis.sites.SWEEP_COMPONENTS``);
 - **fast**: ``patch_sweeps(model, pairs, SWEEP_COMPONENTS)`` end to end (both cached runs included);
 - **TransformerLens**: ``run_with_cache`` of the clean prompts, then ``get_act_patch_resid_pre``,
   ``get_act_patch_attn_out``, ``get_act_patch_mlp_out`` and ``get_act_patch_attn_head_out_by_pos``
@@ -55,8 +55,9 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 from revinterp.analysis.metrics import metric_values  # noqa: E402
-from revinterp.analysis.patching import SWEEP_COMPONENTS, patch_sweeps  # noqa: E402
+from revinterp.analysis.patching import patch_sweeps  # noqa: E402
 from revinterp.analysis.prompts import PromptPairs, make_prompt_pairs  # noqa: E402
+from revinterp.analysis.sites import SWEEP_COMPONENTS  # noqa: E402
 from revinterp.io import atomic_write_text  # noqa: E402
 
 FORWARD_SPLITS = ("forward_seen", "forward_only")

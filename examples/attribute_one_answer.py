@@ -9,7 +9,7 @@ fact's answer into the parts that write into the residual stream (embeddings, he
 import tempfile
 from pathlib import Path
 
-from revinterp.analysis.attribution import direct_logit_attribution
+from revinterp.analysis.dla import direct_logit_attribution
 from revinterp.analysis.prompts import PromptPairs
 from revinterp.data import seed_experiment
 from revinterp.models import MODEL_PRESETS, load_run

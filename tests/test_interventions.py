@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from revinterp.analysis.interventions import METHODS, compare_splits, excludes_zero
-from revinterp.analysis.patching import SWEEP_COMPONENTS
+from revinterp.analysis.effects import SiteEffects
+from revinterp.analysis.interventions import INTERVENTION_METHODS, compare_splits, excludes_zero
+from revinterp.analysis.sites import SWEEP_COMPONENTS
 from revinterp.data import REVERSE_HELD_OUT, REVERSE_SEEN, seed_experiment
 from revinterp.models import MODEL_PRESETS, load_run
 from revinterp.training import TRAINING_PRESETS, train
@@ -33,7 +34,7 @@ def test_held_out_reverse_effects_are_indistinguishable_from_zero_where_seen_one
     seen, held = r.total[REVERSE_SEEN], r.total[REVERSE_HELD_OUT]
     assert excludes_zero(seen) and seen.low > 10  # swapping the subject moves the seen answer by many logits
     assert not excludes_zero(held)  # ... and the held-out one not at all
-    for method in METHODS:
+    for method in INTERVENTION_METHODS:
         assert r.distinguishable(REVERSE_SEEN, method), method
         # no site carries more than 5 % of the seen effect on held-out prompts
         assert max(abs(e.estimate.mean) for e in r.effects[REVERSE_HELD_OUT][method]) < 0.05 * seen.mean, method
@@ -43,7 +44,8 @@ def test_effects_are_the_per_pair_changes_of_the_sweeps(interventions):
     r = interventions
     for split in r.splits:
         sweeps = r.patching[split]
-        assert set(sweeps) == set(SWEEP_COMPONENTS)
+        assert set(sweeps) == set(SWEEP_COMPONENTS) == set(r.attribution[split])
+        assert all(isinstance(x, SiteEffects) for x in (*sweeps.values(), *r.attribution[split].values()))
         by_site = {e.site: e for e in r.effects[split]["patching"]}
         assert len(by_site) == sum(s.values[..., 0].numel() for s in sweeps.values())
         # the subject's residual stream entering layer 0 is the whole clean input: its effect is the total effect
@@ -65,7 +67,7 @@ def test_effects_are_the_per_pair_changes_of_the_sweeps(interventions):
 def test_frame_summary_and_plot(interventions):
     r = interventions
     frame = r.to_frame()
-    n_sites = sum(len(r.effects[s][m]) for s in r.splits for m in METHODS)
+    n_sites = sum(len(r.effects[s][m]) for s in r.splits for m in INTERVENTION_METHODS)
     assert len(frame) == n_sites + len(r.splits)
     total = frame[(frame.split == REVERSE_HELD_OUT) & (frame.method == "total")].iloc[0]
     assert total["mean"] == pytest.approx(r.total[REVERSE_HELD_OUT].mean) and not total.distinguishable
@@ -92,3 +94,12 @@ def test_bad_input_is_refused(reverse_run, interventions):
             compare_splits(model, reverse_run.facts)
     finally:
         model.eval()
+
+
+def test_a_run_is_the_model_with_its_facts(reverse_run):
+    by_run = compare_splits(reverse_run, splits=(REVERSE_SEEN,), components=("resid_pre",), n_resamples=200)
+    by_model = compare_splits(reverse_run.model, reverse_run.facts, (REVERSE_SEEN,), components=("resid_pre",),
+                              n_resamples=200)
+    assert by_run.total == by_model.total and by_run.effects == by_model.effects
+    with pytest.raises(ValueError, match="a LoadedRun and facts"):
+        compare_splits(reverse_run, reverse_run.facts)

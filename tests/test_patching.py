@@ -1,4 +1,5 @@
-"""Activation patching: the fast path against TransformerLens, invariants, errors, localization."""
+"""Activation patching: the fast path against TransformerLens, invariants, errors, localization, and pins of the
+headline findings on the trained default-architecture run."""
 
 from __future__ import annotations
 
@@ -8,19 +9,13 @@ from functools import partial
 import pytest
 import torch
 
+from revinterp.analysis.effects import SiteEffects
+from revinterp.analysis.fast_patching import _TailForward
+from revinterp.analysis.localize import localize
 from revinterp.analysis.metrics import logit_diff
-from revinterp.analysis.patching import (
-    COMPONENTS,
-    PatchingResult,
-    Site,
-    _hook_name,
-    _TailForward,
-    joint_patch,
-    localize,
-    patch_sweep,
-    patch_sweeps,
-)
+from revinterp.analysis.patching import joint_patch, patch_sweep, patch_sweeps
 from revinterp.analysis.prompts import PromptPairs, make_prompt_pairs, prompt_length_counts
+from revinterp.analysis.sites import COMPONENTS, Site
 from revinterp.data import seed_experiment
 from revinterp.models import MODEL_PRESETS, ModelConfig, build_model, config_for_data, tokenizer_for
 from revinterp.stats import bootstrap_ci
@@ -77,6 +72,12 @@ def trained(tmp_path_factory):
     return result.model, pairs
 
 
+def stage_hook(stage: str, layer: int) -> str:
+    """The bridge's hook of a fast-path stage (written here, independently of the sites registry)."""
+    in_attention = stage in ("q", "k", "v", "z", "pattern")
+    return f"blocks.{layer}.attn.hook_{stage}" if in_attention else f"blocks.{layer}.hook_{stage}"
+
+
 def components_for(model) -> tuple[str, ...]:
     return tuple(c for c in COMPONENTS if not (model.cfg.attn_only and c == "mlp_out"))
 
@@ -123,7 +124,7 @@ def test_fast_path_records_the_bridges_activations(random_models, variant):
     stages = [s for s in tail.source if not (model.cfg.attn_only and s in ("mlp_out", "resid_mid"))]
     for stage in stages:
         for layer in range(model.cfg.n_layers):
-            assert (tail.source[stage][layer] - cache[_hook_name(stage, layer)]).abs().max().item() <= TOLERANCE
+            assert (tail.source[stage][layer] - cache[stage_hook(stage, layer)]).abs().max().item() <= TOLERANCE
 
 
 def test_chunked_fast_path_equals_one_chunk(random_models):
@@ -199,7 +200,7 @@ def test_result_statistics_frame_plot_summary(trained):
     model, pairs = trained
     result = patch_sweep(model, pairs, "head_out_by_pos")
     n_layers, n_pos, n_heads = model.cfg.n_layers, pairs.clean.shape[1], model.cfg.n_heads
-    assert isinstance(result, PatchingResult)
+    assert isinstance(result, SiteEffects) and result.method == "fast"
     assert result.values.shape == (n_layers, n_pos, n_heads, len(pairs))
     assert result.axes == ("layer", "pos", "head") and result.labels == pairs.labels
     expected = (result.values.mean(-1) - result.corrupted.mean()) / (result.clean.mean() - result.corrupted.mean())
@@ -352,3 +353,38 @@ def test_prompt_pairs_of_several_lengths_need_a_chosen_length():
         assert all(a.relation == b.relation for a, b in zip(pairs.statements, pairs.corrupted_statements))
     with pytest.raises(ValueError, match="prompt length 99"):
         make_prompt_pairs(facts, "reverse_seen", tokenizer, prompt_length=99)
+
+
+# -- the trained default-architecture run (2 layers, d_model 128) ---------------------------------
+@pytest.fixture(scope="module")
+def default_pairs(default_run):
+    return make_prompt_pairs(default_run.facts, "forward_seen", default_run.tokenizer)
+
+
+@pytest.mark.parametrize("direction", ["denoising", "noising"])
+def test_fast_path_equals_transformer_lens_on_the_default_run(default_run, default_pairs, direction):
+    """Every component, on a trained two-layer model: a middle block whose later positions are recomputed
+    from cached keys and values, and a last block that computes the answer only."""
+    model, pairs = default_run.model, default_pairs
+    reference = patch_sweeps(model, pairs, tuple(COMPONENTS), direction=direction, method="transformer_lens")
+    fast = patch_sweeps(model, pairs, tuple(COMPONENTS), direction=direction)
+    for c in COMPONENTS:
+        assert fast[c].values.shape == reference[c].values.shape, c
+        assert (fast[c].values - reference[c].values).abs().max().item() <= TOLERANCE, c
+        assert (reference[c].values - reference[c].unpatched).abs().max().item() > 0.1, c  # not vacuous
+    assert torch.equal(fast["resid_pre"].clean, reference["resid_pre"].clean)
+    assert torch.equal(fast["resid_pre"].corrupted, reference["resid_pre"].corrupted)
+
+
+def test_localize_on_the_default_run_finds_the_last_layers_attention_output(default_run, default_pairs):
+    """The headline forward-fact finding: one site, the last layer's attention output at the answer position,
+    carries most of the subject (measured: 0.876 [0.857, 0.892] of the clean logit difference, 42 pairs)."""
+    model, pairs = default_run.model, default_pairs
+    loc = localize(model, pairs, target=0.8)
+    last, answer = model.cfg.n_layers - 1, pairs.answer_position
+    assert loc.chosen == (Site("attn_out", last, answer),)
+    assert loc.chosen[0].label(pairs.labels) == "attn_out L1 @->"
+    assert loc.reached and loc.recovered >= loc.target
+    assert loc.recovered > 0.85
+    assert loc.recovered_ci().low > 0.8
+    assert restore_by_hand(model, pairs, loc.chosen) == pytest.approx(loc.recovered, abs=1e-5)

@@ -126,7 +126,7 @@ print(f"fast {fast_seconds:.2f} s, TransformerLens {reference_seconds:.2f} s")
 # fraction reaches a target, and reports the measured joint recovery with a bootstrap interval.
 
 # %%
-from revinterp.analysis.patching import localize
+from revinterp.analysis.localize import localize
 
 located = localize(run.model, pairs, target=0.8)
 print(located.summary())
@@ -148,7 +148,7 @@ located.plot()
 # The decomposition is exact (it runs on a compatibility-mode copy; `run.model` is untouched):
 
 # %%
-from revinterp.analysis.attribution import direct_logit_attribution
+from revinterp.analysis.dla import direct_logit_attribution
 
 dla = direct_logit_attribution(run.model, pairs)
 print(dla.summary(k=6))
@@ -166,7 +166,7 @@ dla.plot()
 # output.
 
 # %%
-from revinterp.analysis.attribution import logit_lens
+from revinterp.analysis.logit_lens import logit_lens
 
 print(logit_lens(run.model, pairs).summary())
 
@@ -181,7 +181,8 @@ print(logit_lens(run.model, pairs).summary())
 # top-k recall and the calibration slope (1 = right size).
 
 # %%
-from revinterp.analysis.attribution import attribution_agreement, attribution_patch_components
+from revinterp.analysis.agreement import attribution_agreement
+from revinterp.analysis.attribution_patching import attribution_patch_components
 
 components = ("attn_out", "mlp_out", "head_out_by_pos")
 estimates = attribution_patch_components(run.model, pairs, components)

@@ -84,7 +84,8 @@ for name, variant in variants.items():
 # again: which sites carry `a_i`?
 
 # %%
-from revinterp.analysis.patching import localize, patch_sweeps
+from revinterp.analysis.localize import localize
+from revinterp.analysis.patching import patch_sweeps
 from revinterp.analysis.prompts import make_prompt_pairs
 
 run = runs["reverse_entity"]
@@ -127,7 +128,7 @@ for name, mitigated in runs.items():
 # ## From the command line
 #
 # ```bash
-# revinterp run --preset tiny --n-pairs 40 --held-out-direction forward --mitigation reverse_entity \
+# revinterp run --preset tiny --n-pairs 40 --trained-direction forward --mitigation reverse_entity \
 #     --out runs/tiny-reverse-entity      # trains, analyses and writes report.html
 # ```
 

@@ -9,7 +9,7 @@ in units of the logit difference ``logit(A_i) - logit(A_j)``:
 - the **total effect** ``clean - corrupted``: what swapping the subject changes at all (for a single-token
   subject, also the denoising effect of ``resid_pre L0 @subject``);
 - exact **activation patching** (denoising) at every site of
-  :data:`~revinterp.analysis.patching.SWEEP_COMPONENTS`: the change ``patched - corrupted``;
+  :data:`~revinterp.analysis.sites.SWEEP_COMPONENTS`: the change ``patched - corrupted``;
 - **direct logit attribution** of the clean logit difference to the embeddings, every head, every attention bias
   and every MLP (exact, on a compatibility-mode copy);
 - **attribution patching**: the first-order estimate of the same patching effects.
@@ -25,7 +25,7 @@ every site's effect scatter around zero with no consistent sign over seeds; read
 seen ones.
 
 Example:
-    >>> result = compare_splits(run.model, run.facts, ("reverse_seen", "reverse_held_out"))   # doctest: +SKIP
+    >>> result = compare_splits(run, splits=("reverse_seen", "reverse_held_out"))             # doctest: +SKIP
     >>> print(result.summary())                                                              # doctest: +SKIP
 """
 
@@ -36,19 +36,19 @@ from dataclasses import dataclass
 
 import torch
 
-from revinterp.analysis.attribution import (
-    AttributionPatchingResult,
-    DirectLogitAttributionResult,
-    attribution_patch_components,
-    direct_logit_attribution,
-)
-from revinterp.analysis.patching import SWEEP_COMPONENTS, PatchingResult, patch_sweeps
+from revinterp.analysis.attribution_patching import attribution_patch_components
+from revinterp.analysis.checks import check_choice
+from revinterp.analysis.dla import DirectLogitAttributionResult, direct_logit_attribution
+from revinterp.analysis.effects import SiteEffects
+from revinterp.analysis.patching import patch_sweeps
 from revinterp.analysis.prompts import make_prompt_pairs
+from revinterp.analysis.sites import SWEEP_COMPONENTS
 from revinterp.data import REVERSE_HELD_OUT, REVERSE_SEEN, FactSet
 from revinterp.evaluation import model_device
+from revinterp.models import unpack_run
 from revinterp.stats import Estimate, bootstrap_ci, error_bars
 
-METHODS = ("patching", "attribution", "dla")
+INTERVENTION_METHODS = ("patching", "attribution", "dla")
 """Exact activation patching, attribution patching, direct logit attribution."""
 
 
@@ -58,7 +58,7 @@ def excludes_zero(estimate: Estimate) -> bool:
 
 
 @dataclass(frozen=True)
-class SiteEffect:
+class InterventionEffect:
     """One site's (or one attribution part's) effect on the logit difference, with its interval over pairs."""
 
     site: str
@@ -78,7 +78,7 @@ class SplitInterventions:
         splits: the splits compared, in order.
         n_pairs: prompt pairs per split.
         total: the total effect (clean - corrupted logit difference) per split, with its interval.
-        effects: per split and method (:data:`METHODS`), every site's effect in logit-difference units.
+        effects: per split and method (:data:`INTERVENTION_METHODS`), every site's effect in logit-difference units.
         patching: per split, the exact sweeps (``patch_sweeps``), per-example values kept.
         attribution: per split, the attribution-patching estimates of the same sweeps.
         dla: per split, the direct logit attribution of the clean logit difference.
@@ -88,18 +88,18 @@ class SplitInterventions:
     splits: tuple[str, ...]
     n_pairs: dict[str, int]
     total: dict[str, Estimate]
-    effects: dict[str, dict[str, tuple[SiteEffect, ...]]]
-    patching: dict[str, dict[str, PatchingResult]]
-    attribution: dict[str, dict[str, AttributionPatchingResult]]
+    effects: dict[str, dict[str, tuple[InterventionEffect, ...]]]
+    patching: dict[str, dict[str, SiteEffects]]
+    attribution: dict[str, dict[str, SiteEffects]]
     dla: dict[str, DirectLogitAttributionResult]
     confidence: float = 0.95
 
-    def distinguishable(self, split: str, method: str = "patching") -> list[SiteEffect]:
+    def distinguishable(self, split: str, method: str = "patching") -> list[InterventionEffect]:
         """The sites of ``split`` whose effect interval excludes zero, largest ``|effect|`` first."""
         found = [e for e in self._effects(split, method) if e.distinguishable]
         return sorted(found, key=lambda e: -abs(e.estimate.mean))
 
-    def largest(self, split: str, method: str = "patching", k: int = 5) -> list[SiteEffect]:
+    def largest(self, split: str, method: str = "patching", k: int = 5) -> list[InterventionEffect]:
         """The ``k`` sites of ``split`` with the largest mean ``|effect|``."""
         return sorted(self._effects(split, method), key=lambda e: -abs(e.estimate.mean))[:k]
 
@@ -107,11 +107,10 @@ class SplitInterventions:
         """Sites whose intervention changes at least one pair (those the counts are over)."""
         return sum(not e.trivial for e in self._effects(split, method))
 
-    def _effects(self, split: str, method: str) -> tuple[SiteEffect, ...]:
+    def _effects(self, split: str, method: str) -> tuple[InterventionEffect, ...]:
         if split not in self.effects:
             raise KeyError(f"split {split!r} was not compared; expected one of {self.splits}")
-        if method not in METHODS:
-            raise ValueError(f"method={method!r}: expected one of {METHODS}")
+        check_choice("method", method, INTERVENTION_METHODS)
         return self.effects[split][method]
 
     def to_frame(self):
@@ -124,7 +123,7 @@ class SplitInterventions:
             t = self.total[split]
             rows.append(dict(split=split, method="total", site="clean - corrupted", mean=t.mean, ci_low=t.low,
                              ci_high=t.high, n=t.n, trivial=False, distinguishable=excludes_zero(t)))
-            for method in METHODS:
+            for method in INTERVENTION_METHODS:
                 for e in self.effects[split][method]:
                     rows.append(dict(split=split, method=method, site=e.site, mean=e.estimate.mean,
                                      ci_low=e.estimate.low, ci_high=e.estimate.high, n=e.estimate.n,
@@ -141,7 +140,7 @@ class SplitInterventions:
             total = self.total[split]
             verdict = "distinguishable" if excludes_zero(total) else "indistinguishable"
             lines.append(f"{split} ({self.n_pairs[split]} pairs): total effect {total} ({verdict} from zero)")
-            for method in METHODS:
+            for method in INTERVENTION_METHODS:
                 n = self.n_tested(split, method)
                 found = self.distinguishable(split, method)
                 top = ", ".join(f"{e.site} {e.estimate}" for e in self.largest(split, method, k))
@@ -177,8 +176,8 @@ class SplitInterventions:
 
 
 def compare_splits(
-    model,
-    facts: FactSet,
+    model_or_run,
+    facts: FactSet | None = None,
     splits: Sequence[str] = (REVERSE_SEEN, REVERSE_HELD_OUT),
     *,
     tokenizer=None,
@@ -193,11 +192,12 @@ def compare_splits(
     """Patching, attribution patching and direct logit attribution on each split's prompt pairs.
 
     Args:
-        model: a ``TransformerBridge`` in eval mode.
-        facts: the fact set the model was trained on.
+        model_or_run: a :class:`~revinterp.models.LoadedRun` (``compare_splits(run)``), or a ``TransformerBridge``
+            in eval mode with its ``facts``.
+        facts: the fact set the model was trained on; only with a model, not with a run.
         splits: the splits to compare (each with at least two statements of one relation and prompt length).
-        tokenizer: default ``model.tokenizer``.
-        components: the patched components (:data:`~revinterp.analysis.patching.SWEEP_COMPONENTS`).
+        tokenizer: default the run's, or ``model.tokenizer``.
+        components: the patched components (:data:`~revinterp.analysis.sites.SWEEP_COMPONENTS`).
         max_pairs: at most this many prompt pairs per split (:func:`make_prompt_pairs`).
         prompt_length: the prompt length to use where a split's prompts have several
             (:func:`~revinterp.analysis.prompts.make_prompt_pairs`).
@@ -211,7 +211,7 @@ def compare_splits(
     """
     if not splits:
         raise ValueError("splits is empty; expected at least one split name")
-    tokenizer = tokenizer if tokenizer is not None else model.tokenizer
+    model, facts, tokenizer = unpack_run(model_or_run, facts, tokenizer)
     interval = dict(confidence=confidence, n_resamples=n_resamples, seed=seed)
     n_pairs, total, effects, patching, attribution, dla = {}, {}, {}, {}, {}, {}
     for split in splits:
@@ -227,7 +227,7 @@ def compare_splits(
             "patching": _site_effects(sweeps.values(), interval),
             "attribution": _site_effects(estimates.values(), interval),
             "dla": tuple(
-                SiteEffect(label, bootstrap_ci(row, **interval), bool(torch.all(row == 0)))
+                InterventionEffect(label, bootstrap_ci(row, **interval), bool(torch.all(row == 0)))
                 for label, row in zip(parts.labels, parts.values.double().cpu())
             ),
         }
@@ -238,11 +238,11 @@ def compare_splits(
     )
 
 
-def _site_effects(results, interval: dict) -> tuple[SiteEffect, ...]:
+def _site_effects(results, interval: dict) -> tuple[InterventionEffect, ...]:
     """Per site of every result: the change ``patched - unpatched`` per pair, bootstrapped over pairs."""
     out = []
     for result in results:
         changes = (result.values - result.unpatched).reshape(-1, result.n).double().cpu()
         for label, row in zip(result.site_labels(), changes):
-            out.append(SiteEffect(label, bootstrap_ci(row, **interval), bool(torch.all(row == 0))))
+            out.append(InterventionEffect(label, bootstrap_ci(row, **interval), bool(torch.all(row == 0))))
     return tuple(out)

@@ -1,4 +1,4 @@
-"""Direct logit attribution, logit lens and attribution patching, checked against exact computations."""
+"""Attribution patching, checked against exact patching, and the agreement measures it is judged by."""
 
 from __future__ import annotations
 
@@ -8,19 +8,13 @@ import itertools
 import pytest
 import torch
 
-from revinterp.analysis.attribution import (
-    _COMPONENT_HOOKS,
-    DEFAULT_COMPONENTS,
-    attribution_agreement,
-    attribution_patch,
-    attribution_patch_components,
-    direct_logit_attribution,
-    logit_lens,
-)
-from revinterp.analysis.attribution import _forward_backward as forward_backward
+from revinterp.analysis.agreement import attribution_agreement
+from revinterp.analysis.attribution_patching import _forward_backward as forward_backward
+from revinterp.analysis.attribution_patching import attribution_patch, attribution_patch_components
 from revinterp.analysis.metrics import metric_values
 from revinterp.analysis.patching import patch_sweep
 from revinterp.analysis.prompts import PromptPairs, make_prompt_pairs
+from revinterp.analysis.sites import ATTRIBUTION_DEFAULT_COMPONENTS, COMPONENTS
 from revinterp.data import seed_experiment
 from revinterp.models import ModelConfig, build_model, config_for_data, tokenizer_for
 
@@ -50,18 +44,13 @@ def subset(pairs: PromptPairs, n: int) -> PromptPairs:
                        pairs.labels)
 
 
-def last_logits(model, tokens):
-    with torch.no_grad():
-        return model(tokens)[:, -1]
-
-
 def exact_patch(model, pairs, component, *, metric="logit_diff", direction="denoising"):
     """Reference activation patching: one forward per site with ``run_with_hooks``, [*site, batch]."""
     source, base = (pairs.clean, pairs.corrupted) if direction == "denoising" else (pairs.corrupted, pairs.clean)
     n_layers, n_pos, n_heads = model.cfg.n_layers, pairs.clean.shape[1], model.cfg.n_heads
     shape = {"head_out": (n_layers, n_heads), "head_out_by_pos": (n_layers, n_pos, n_heads)}.get(
         component, (n_layers, n_pos))
-    names = [_COMPONENT_HOOKS[component].format(layer=layer) for layer in range(n_layers)]
+    names = [COMPONENTS[component].hook_name(layer) for layer in range(n_layers)]
     out = torch.empty(*shape, len(pairs))
     with torch.no_grad():
         _, cache = model.run_with_cache(source, names_filter=names)
@@ -84,105 +73,10 @@ def exact_patch(model, pairs, component, *, metric="logit_diff", direction="deno
     return out
 
 
-# -- direct logit attribution --------------------------------------------------------------------
-def test_dla_parts_and_bias_sum_to_the_logit_difference(tiny_run, tiny_pairs):
-    model, pairs = tiny_run.model, tiny_pairs
-    dla = direct_logit_attribution(model, pairs)
-    logits = last_logits(model, pairs.clean)
-    batch = torch.arange(len(pairs))
-    logit_diff = logits[batch, pairs.clean_answer] - logits[batch, pairs.corrupted_answer]
-    assert dla.values.shape == (len(dla.labels), len(pairs))
-    assert dla.labels == ("embed", "pos_embed", "L0H0", "L0H1", "L0H2", "L0H3", "L0 attn bias", "L0 mlp")
-    torch.testing.assert_close(dla.values.sum(0) + dla.unembed_bias, logit_diff, atol=1e-4, rtol=0)
-    torch.testing.assert_close(dla.total, logit_diff, atol=1e-4, rtol=0)
-    assert logit_diff.abs().min() > 1  # a trained model: the identity is not 0 == 0
-    for unit, labels in [("component", ("embed", "pos_embed", "L0 attn", "L0 mlp")), ("layer", ("embeddings", "L0"))]:
-        coarse = dla.aggregate(unit)
-        assert coarse.labels == labels
-        torch.testing.assert_close(coarse.values.sum(0) + coarse.unembed_bias, logit_diff, atol=1e-4, rtol=0)
-
-
-def test_dla_parts_match_a_hand_computation(tiny_run, tiny_pairs):
-    """The MLP and one head, recomputed from a compatibility-mode copy's cache and weights."""
-    model, pairs = tiny_run.model, tiny_pairs
-    dla = direct_logit_attribution(model, pairs)
-    compat = copy.deepcopy(model)
-    compat.enable_compatibility_mode()
-    with torch.no_grad():
-        _, cache = compat.run_with_cache(pairs.clean)
-        direction = compat.W_U[:, pairs.clean_answer] - compat.W_U[:, pairs.corrupted_answer]  # [d_model, batch]
-        scale = cache["ln_final.hook_scale"][:, -1]  # [batch, 1]
-
-        def attribution(x):  # [batch, d_model] residual contribution at the last position
-            x = x - x.mean(-1, keepdim=True)
-            return ((x / scale) * direction.T).sum(-1)
-
-        mlp = attribution(cache["blocks.0.hook_mlp_out"][:, -1])
-        head2 = attribution(cache["blocks.0.attn.hook_z"][:, -1, 2] @ compat.blocks[0].attn.W_O[2])
-    torch.testing.assert_close(dla.values[dla.labels.index("L0 mlp")], mlp, atol=1e-4, rtol=0)
-    torch.testing.assert_close(dla.values[dla.labels.index("L0H2")], head2, atol=1e-4, rtol=0)
-
-
-def test_dla_of_the_answer_logit(tiny_run, tiny_pairs):
-    model, pairs = tiny_run.model, tiny_pairs
-    dla = direct_logit_attribution(model, pairs, target="answer")
-    logits = last_logits(model, pairs.clean)
-    centred = logits[torch.arange(len(pairs)), pairs.clean_answer] - logits.mean(-1)
-    torch.testing.assert_close(dla.values.sum(0) + dla.unembed_bias, centred, atol=1e-4, rtol=0)
-    torch.testing.assert_close(dla.total, centred, atol=1e-4, rtol=0)
-
-
-@pytest.mark.parametrize("overrides", [
-    dict(normalization_type=None),
-    dict(normalization_type="RMS", positional_embedding_type="rotary"),
-    dict(n_layers=2, attn_only=True),
-])
-def test_dla_is_exact_on_other_architectures(facts_and_tokenizer, overrides):
-    model, pairs = random_model(facts_and_tokenizer, **overrides)
-    dla = direct_logit_attribution(model, pairs)
-    logits = last_logits(model, pairs.clean)
-    batch = torch.arange(len(pairs))
-    logit_diff = logits[batch, pairs.clean_answer] - logits[batch, pairs.corrupted_answer]
-    torch.testing.assert_close(dla.values.sum(0) + dla.unembed_bias, logit_diff, atol=1e-4, rtol=0)
-    assert ("pos_embed" in dla.labels) == (overrides.get("positional_embedding_type") != "rotary")
-    assert any(label.endswith("mlp") for label in dla.labels) != overrides.get("attn_only", False)
-
-
-def test_dla_leaves_the_callers_model_unchanged(tiny_run, tiny_pairs):
-    model = tiny_run.model
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    logits_before = last_logits(model, tiny_pairs.clean)
-    direct_logit_attribution(model, tiny_pairs)
-    after = model.state_dict()
-    assert before.keys() == after.keys()
-    assert all(torch.equal(before[k], after[k]) for k in before)
-    assert not getattr(model, "compatibility_mode", False)
-    assert torch.equal(last_logits(model, tiny_pairs.clean), logits_before)
-
-
-# -- logit lens ----------------------------------------------------------------------------------
-def test_logit_lens_final_row_is_the_models_output_and_first_row_the_embeddings(tiny_run, tiny_pairs):
-    model, pairs = tiny_run.model, tiny_pairs
-    lens = logit_lens(model, pairs)
-    assert lens.labels == ("L0 resid_pre", "final")
-    logits = last_logits(model, pairs.clean)
-    batch = torch.arange(len(pairs))
-    answer_logit = logits[batch, pairs.clean_answer]
-    torch.testing.assert_close(lens.logprob[-1], logits.log_softmax(-1)[batch, pairs.clean_answer], atol=1e-5, rtol=0)
-    assert torch.equal(lens.rank[-1], 1 + (logits > answer_logit[:, None]).sum(-1))
-    with torch.no_grad():  # row 0: token + position embedding only, through ln_final and the unembedding
-        embedded = model.W_E[pairs.clean[:, -1]] + model.W_pos[pairs.clean.shape[1] - 1]
-        early = model.unembed(model.ln_final(embedded[:, None]))[:, 0].log_softmax(-1)
-    torch.testing.assert_close(lens.logprob[0], early[batch, pairs.clean_answer], atol=1e-5, rtol=0)
-    # token input gives the same answer
-    same = logit_lens(model, pairs.clean, pairs.clean_answer)
-    torch.testing.assert_close(same.logprob, lens.logprob)
-
-
 # -- attribution patching ------------------------------------------------------------------------
 def test_every_gradient_is_captured_and_parameters_are_untouched(tiny_run, tiny_pairs):
     model, pairs = tiny_run.model, tiny_pairs
-    names = sorted({_COMPONENT_HOOKS[c].format(layer=0) for c in DEFAULT_COMPONENTS})
+    names = sorted({COMPONENTS[c].hook_name(0) for c in ATTRIBUTION_DEFAULT_COMPONENTS})
 
     def score(logits):
         return metric_values("logit_diff", logits, pairs.clean_answer, pairs.corrupted_answer)
@@ -242,15 +136,16 @@ def test_attribution_patching_is_per_example(tiny_run, tiny_pairs):
 def test_attribution_patching_agrees_with_exact_patching_on_a_trained_model(tiny_run, tiny_pairs):
     model, pairs = tiny_run.model, tiny_pairs
     estimates = attribution_patch_components(model, pairs)
-    assert set(estimates) == set(DEFAULT_COMPONENTS)
-    exact = {c: exact_patch(model, pairs, c) for c in DEFAULT_COMPONENTS}
+    components = ATTRIBUTION_DEFAULT_COMPONENTS
+    assert set(estimates) == set(components)
+    exact = {c: exact_patch(model, pairs, c) for c in components}
     for component, result in estimates.items():
         assert result.values.shape == exact[component].shape
         torch.testing.assert_close(result.corrupted, exact["resid_pre"][0, 0])  # the <bos> patch changes nothing
         torch.testing.assert_close(result.clean, exact["resid_pre"][0, 1], atol=1e-4, rtol=0)  # swapping the subject
-    estimate = torch.cat([estimates[c].effect.flatten() for c in DEFAULT_COMPONENTS])
-    reference = torch.cat([(exact[c] - estimates[c].unpatched).mean(-1).flatten() for c in DEFAULT_COMPONENTS])
-    labels = [label for c in DEFAULT_COMPONENTS for label in estimates[c].site_labels()]
+    estimate = torch.cat([estimates[c].effect.flatten() for c in components])
+    reference = torch.cat([(exact[c] - estimates[c].unpatched).mean(-1).flatten() for c in components])
+    labels = [label for c in components for label in estimates[c].site_labels()]
     agreement = attribution_agreement(estimate, reference, labels=labels, k=5)
     # Measured on this fixture: Spearman 0.993 over 11 non-trivial sites, top-5 recall 1.0, slope 0.40:
     # it ranks well and underestimates every effect (the subject swap's response saturates).
@@ -294,19 +189,16 @@ def test_results_have_frames_plots_and_summaries(tiny_run, tiny_pairs):
 
     model, pairs = tiny_run.model, tiny_pairs
     n = len(pairs)
-    dla = direct_logit_attribution(model, pairs)
-    lens = logit_lens(model, pairs)
     patching = attribution_patch_components(model, pairs, ("resid_pre", "head_out", "head_out_by_pos"))
-    assert len(dla.to_frame()) == dla.values.numel()
-    assert len(lens.to_frame()) == lens.logprob.numel()
     for result in patching.values():
-        frame = result.to_frame()
+        frame = result.to_frame(per_example=True)
         assert len(frame) == result.values.numel()
         assert frame["value"].sum() == pytest.approx(result.values.sum().item(), rel=1e-4)
         assert len(result.site_labels()) == result.values[..., 0].numel()
+        assert len(result.to_frame()) == result.values[..., 0].numel()
     assert patching["head_out_by_pos"].values.shape == (1, 3, 4, n)
     assert patching["head_out"].axes == ("layer", "head")
-    for result in [dla, lens, *patching.values()]:
+    for result in patching.values():
         assert isinstance(result.plot(), go.Figure)
         assert isinstance(result.summary(), str) and result.summary()
 
@@ -314,19 +206,14 @@ def test_results_have_frames_plots_and_summaries(tiny_run, tiny_pairs):
 def test_bad_input_raises_clear_errors(tiny_run, tiny_pairs, facts_and_tokenizer):
     model, pairs = tiny_run.model, tiny_pairs
     training = copy.deepcopy(model).train()
-    for call in (direct_logit_attribution, logit_lens, lambda m, p: attribution_patch(m, p, "resid_pre")):
-        with pytest.raises(ValueError, match="eval mode"):
-            call(training, pairs)
-    with pytest.raises(ValueError, match="component='attn_pattern'"):
+    with pytest.raises(ValueError, match="eval mode"):
+        attribution_patch(training, pairs, "resid_pre")
+    with pytest.raises(ValueError, match="unknown component 'attn_pattern'"):
         attribution_patch(model, pairs, "attn_pattern")
     with pytest.raises(ValueError, match="metric='accuracy'"):
         attribution_patch(model, pairs, "resid_pre", metric="accuracy")
     with pytest.raises(ValueError, match="direction='forward'"):
         attribution_patch(model, pairs, "resid_pre", direction="forward")
-    with pytest.raises(ValueError, match="target='loss'"):
-        direct_logit_attribution(model, pairs, target="loss")
-    with pytest.raises(ValueError, match="no answers"):
-        logit_lens(model, pairs.clean)
     with pytest.raises((ValueError, TypeError), match="PromptPairs"):  # the runtime type check may come first
         attribution_patch(model, pairs.clean, "resid_pre")
     attn_only, attn_pairs = random_model(facts_and_tokenizer, n_layers=1, attn_only=True)
