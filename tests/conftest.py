@@ -45,7 +45,7 @@ def _code_fingerprint(config: dict) -> str:
     """Hash of what determines a trained run: the configuration, torch's version and the code that trains."""
     import revinterp
 
-    package = Path(revinterp.__file__).parent
+    package = Path(revinterp.__path__[0])
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     digest.update(torch.__version__.encode())
     for source in sorted([*package.glob("data/*.py"), package / "models.py", package / "training.py",
