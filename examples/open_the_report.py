@@ -12,8 +12,10 @@ from pathlib import Path
 
 from revinterp.data import seed_experiment
 from revinterp.models import MODEL_PRESETS
+from revinterp.pipeline import analyze
+from revinterp.results import load_results
 from revinterp.training import TRAINING_PRESETS, train
-from revinterp.viz.report import analyze, write_report
+from revinterp.viz.report import write_report
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--out", type=Path, help="run directory to create (default: a new temporary directory)")
@@ -22,8 +24,8 @@ args = parser.parse_args()
 run_dir = args.out or Path(tempfile.mkdtemp(prefix="revinterp-report-")) / "run"
 train(seed_experiment(40, seed=0), MODEL_PRESETS["tiny"], TRAINING_PRESETS["tiny"], run_dir, device="cpu",
       progress=False)
-report = analyze(run_dir, device="cpu", progress=False)  # the same as `revinterp analyze RUN_DIR`
-report.save(run_dir)
-path = write_report(run_dir)
-print(f"{len(report.sections)} sections: " + "; ".join(section.title for section in report.sections))
+analyze(run_dir, device="cpu", progress=False)  # the same as `revinterp analyze RUN_DIR`: analysis/*.json
+path = write_report(run_dir)  # reads only the saved results
+info, stages = load_results(run_dir)
+print(f"{len(stages)} stages: " + "; ".join(f"{name} ({len(stage.figures)} figures)" for name, stage in stages.items()))
 print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB)")

@@ -8,9 +8,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 PRESETS = ("tiny", "default", "deep")
+DIRECTIONS = ("random", "forward", "reverse")
+
+
+class DeprecatedAlias(argparse.Action):
+    """An option kept under an old name: it warns (FutureWarning, shown by default) and sets the new option."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        warnings.warn(f"{option_string} is deprecated and will be removed; use --{self.dest.replace('_', '-')} "
+                      "(same values)", FutureWarning, stacklevel=2)
+        setattr(namespace, self.dest, values)
 
 
 def add_data_options(p: argparse.ArgumentParser) -> None:
@@ -26,9 +37,12 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--both-fraction", type=float, default=0.7,
                    help="fraction of facts trained in both directions; the rest are trained one way (default 0.7); "
                         "for 'chain', the fraction of composed facts x ~> z that are trained")
-    g.add_argument("--held-out-direction", choices=("random", "forward", "reverse"), default="random",
-                   help="which direction of a one-way fact is held out: chosen at random per fact (seed), "
-                        "always the reverse ('forward' = forward only trained), or always the forward")
+    g.add_argument("--trained-direction", choices=DIRECTIONS, default="random",
+                   help="which direction of a one-way fact is trained (the other is held out): chosen at random per "
+                        "fact (the seed experiment), always the forward (the reverse is held out), or always the "
+                        "reverse")
+    g.add_argument("--held-out-direction", choices=DIRECTIONS, dest="trained_direction", action=DeprecatedAlias,
+                   default=argparse.SUPPRESS, help="deprecated spelling of --trained-direction (same values)")
     g.add_argument("--tokens-per-entity", type=int, default=1, help="tokens per entity name (default 1)")
     g.add_argument("--relations", type=int, default=1,
                    help="named relations with inverses (parent_of/child_of ...); 1 gives '->' and '<-'; "
@@ -127,7 +141,7 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
 
 IGNORED_DATA_OPTIONS = {
     "facts": ("n_pairs", "tokens_per_entity", "relations", "template", "shared_tokens"),
-    "chain": ("held_out_direction", "tokens_per_entity", "relations", "template", "shared_tokens"),
+    "chain": ("trained_direction", "tokens_per_entity", "relations", "template", "shared_tokens"),
     "graph": ("tokens_per_entity", "shared_tokens"),
 }
 """Data options each fact source does not use: given with it, they are an error rather than silently ignored."""
@@ -153,15 +167,15 @@ def make_facts(args):
                          "options that shape that data (see --help)")
     if args.facts is not None:
         facts = load_fact_file(args.facts, both_fraction=args.both_fraction,
-                               held_out_direction=args.held_out_direction, seed=args.seed)
+                               held_out_direction=args.trained_direction, seed=args.seed)
     elif args.data == "chain":
         facts = chain_experiment(args.n_pairs, composed_held_out_fraction=1 - args.both_fraction, seed=args.seed)
     elif args.data == "graph":
         facts = knowledge_graph(args.n_pairs, n_relations=max(args.relations, 3), both_fraction=args.both_fraction,
-                                held_out_direction=args.held_out_direction, template=args.template, seed=args.seed)
+                                held_out_direction=args.trained_direction, template=args.template, seed=args.seed)
     else:
         facts = seed_experiment(
-            args.n_pairs, both_fraction=args.both_fraction, held_out_direction=args.held_out_direction,
+            args.n_pairs, both_fraction=args.both_fraction, held_out_direction=args.trained_direction,
             tokens_per_entity=args.tokens_per_entity, n_relations=args.relations, template=args.template,
             shared_tokens=args.shared_tokens, seed=args.seed,
         )
@@ -201,19 +215,15 @@ def show(behaviour, args, header: str, extra: dict | None = None) -> None:
 
 
 def train_and_evaluate(args, seed: int, out: Path):
-    from revinterp.evaluation import evaluate
-    from revinterp.io import atomic_write_text
-    from revinterp.training import train
+    from revinterp.pipeline import train_and_evaluate as run_training
 
     args = argparse.Namespace(**{**vars(args), "seed": seed})
     facts = make_facts(args)
     model_config, training_config = configs(args)
-    result = train(facts, model_config, training_config, out, resume=args.resume,
-                   device=args.device, progress=not args.quiet)
-    behaviour = evaluate(result.model, facts)
-    atomic_write_text(out / "behaviour.json", json.dumps(behaviour.to_dict(), indent=1))
-    status = "fitted" if result.fitted else "NOT fitted (train longer: --steps)"
-    return behaviour, f"run {out}: {result.steps} steps, {status}"
+    trained = run_training(facts, model_config, training_config, out, resume=args.resume, device=args.device,
+                           progress=not args.quiet)
+    status = "fitted" if trained.training.fitted else "NOT fitted (train longer: --steps)"
+    return trained.behaviour, f"run {out}: {trained.training.steps} steps, {status}"
 
 
 def cmd_train(args) -> int:
@@ -224,9 +234,10 @@ def cmd_train(args) -> int:
 
 
 def analyze_and_report(run_dir: Path, args) -> Path:
-    from revinterp.viz.report import analyze, write_report
+    from revinterp.pipeline import analyze
+    from revinterp.viz.report import write_report
 
-    analyze(run_dir, device=args.device, progress=not args.quiet, max_pairs=args.max_pairs).save(run_dir)
+    analyze(run_dir, device=args.device, progress=not args.quiet, max_pairs=args.max_pairs)
     return write_report(run_dir)
 
 

@@ -49,7 +49,7 @@ def test_bad_inputs_exit_2_with_a_message(tmp_path, capsys):
 def test_help_is_fast_and_explains_options():
     code = "import sys, revinterp.cli; sys.argv=['revinterp','train','--help']; revinterp.cli.main()"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert "--held-out-direction" in result.stdout and "--tokens-per-entity" in result.stdout
+    assert "--trained-direction" in result.stdout and "--tokens-per-entity" in result.stdout
     heavy = subprocess.run([sys.executable, "-c", "import revinterp.cli, sys; print('torch' in sys.modules)"],
                            capture_output=True, text=True)
     assert heavy.stdout.strip() == "False"
@@ -77,3 +77,17 @@ def test_run_builds_a_report_for_data_the_analyses_cannot_all_cover(tmp_path, ca
     page = (out / "report.html").read_text()
     assert page.count("Effective weights: not computed") == 2  # the reverse-path and the dynamics sections
     assert "reverse_held_out (" in page and "Linear probe" in page
+
+
+def test_deprecated_held_out_direction_warns_and_means_trained_direction():
+    import pytest
+
+    from revinterp.cli import build_parser, make_facts
+
+    new = build_parser().parse_args(["train", "--trained-direction", "forward", "--n-pairs", "20"])
+    with pytest.warns(FutureWarning, match="--held-out-direction is deprecated.*--trained-direction"):
+        old = build_parser().parse_args(["train", "--held-out-direction", "forward", "--n-pairs", "20"])
+    assert vars(old) == vars(new)
+    facts = make_facts(new)
+    assert facts.split("reverse_held_out") and not facts.split("forward_held_out")
+    assert build_parser().parse_args(["train"]).trained_direction == "random"

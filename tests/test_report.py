@@ -10,7 +10,9 @@ import subprocess
 import pytest
 
 from revinterp.cli import main
-from revinterp.viz.report import REPORT_DATA, Report, ReportError, analyze, write_report
+from revinterp.pipeline import analyze
+from revinterp.results import STAGES, ResultsError, load_results
+from revinterp.viz.report import write_report
 
 SECTIONS = ("behaviour", "forward", "reverse", "dynamics")
 # what would make the browser fetch: an element that loads a URL, a CSS url() or @import, an ES import from a URL
@@ -27,34 +29,47 @@ EXTERNAL = re.compile(
 def analysed_run(tiny_run_dir, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("report") / "run"
     shutil.copytree(tiny_run_dir, run_dir)
-    report = analyze(run_dir, device="cpu", progress=False)
-    report.save(run_dir)
+    saved = analyze(run_dir, device="cpu", progress=False)
     write_report(run_dir)
-    return run_dir, report
+    return run_dir, saved
 
 
-def test_report_has_every_section_with_findings_and_figures(analysed_run):
-    run_dir, report = analysed_run
-    assert [s.key for s in report.sections] == list(SECTIONS)
-    for section in report.sections:
-        assert section.findings and section.blocks, section.key
+def test_analyses_are_saved_per_stage_and_the_report_shows_them(analysed_run):
+    run_dir, saved = analysed_run
+    assert tuple(saved) == STAGES == SECTIONS
+    assert all(path.parent == run_dir / "analysis" for path in saved.values())
+    info, stages = load_results(run_dir)
+    assert info["config"]["model"]["n_layers"] == 1
     page = (run_dir / "report.html").read_text()
     for key in SECTIONS:
         assert f"<section id='{key}'>" in page
-    assert page.count("Plotly.newPlot(") == sum(b.kind == "plotly" for s in report.sections for b in s.blocks)
-    assert "<iframe class='view'" in page  # circuitsvis attention views
-    behaviour = report.sections[0]
-    assert any("reverse_held_out" in f and "chance" in f for f in behaviour.findings)
+        assert stages[key].figures, key
+    assert page.count("Plotly.newPlot(") == sum(len(s.figures) for s in stages.values())
+    views = [v for s in stages.values() for v in s.views]
+    assert views and page.count("CircuitsVis.render(") == len(views)  # circuitsvis attention views
+    assert page.count("CircuitsVis=") <= 1 and "<iframe" not in page  # one copy of the bundle, no frames
+    assert "reverse_held_out" in page and "chance" in page
 
 
-def test_findings_follow_the_numbers(analysed_run, tiny_run):
+def test_saved_numbers_are_the_analyses_numbers(analysed_run, tiny_run):
     from revinterp.evaluation import evaluate
+    from revinterp.viz.report import behaviour_findings
 
-    _, report = analysed_run
+    run_dir, _ = analysed_run
+    _, stages = load_results(run_dir)
     held_out = evaluate(tiny_run.model, tiny_run.facts)["reverse_held_out"]
-    line = next(f for f in report.sections[0].findings if f.startswith("reverse_held_out"))
+    assert stages["behaviour"].numbers["splits"]["reverse_held_out"] == held_out.metrics()
+    line = next(f for f in behaviour_findings(stages["behaviour"].numbers) if f.startswith("reverse_held_out"))
     assert f"accuracy {100 * held_out.accuracy.mean:.1f} %" in line
     assert f"chance {100 * held_out.chance_accuracy:.1f} %" in line
+    page = (run_dir / "report.html").read_text()
+    assert html_text(line) in page
+
+
+def html_text(text: str) -> str:
+    import html
+
+    return html.escape(text)
 
 
 def test_report_makes_no_network_request(analysed_run):
@@ -88,11 +103,13 @@ def test_report_errors(analysed_run, tmp_path, capsys):
     assert "no saved analyses" in capsys.readouterr().err
     old = tmp_path / "old"
     shutil.copytree(run_dir, old)
-    data = json.loads((old / "analysis" / REPORT_DATA).read_text())
-    data["report_version"] = 0
-    (old / "analysis" / REPORT_DATA).write_text(json.dumps(data))
-    with pytest.raises(ReportError, match="report version 0"):
-        Report.load(old)
+    data = json.loads((old / "analysis" / "forward.json").read_text())
+    data["results_version"] = 0
+    (old / "analysis" / "forward.json").write_text(json.dumps(data))
+    with pytest.raises(ResultsError, match="version 0"):
+        load_results(old)
+    assert main(["report", str(old)]) == 2
+    assert "forward.json: results of version 0" in capsys.readouterr().err
     assert main(["analyze", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err
 
@@ -121,3 +138,76 @@ def test_report_renders_in_headless_chromium(analysed_run, tmp_path):
     assert high - low > 100  # not blank: text and figures drawn
     histogram = image.histogram()
     assert max(histogram) < 0.97 * sum(histogram)  # no single shade covers the page
+
+
+HOSTILE_NAMES = ("</script><svg/onload=document.title='pwned'>", "<img/src=x/onerror=document.title='pwned'>",
+                 "\u2028</SCRIPT><!--", "&lt;b&gt;&amp;")
+
+
+@pytest.fixture(scope="module")
+def hostile_run(tmp_path_factory):
+    """A tiny run whose entities are named to break out of HTML, attributes and scripts."""
+    folder = tmp_path_factory.mktemp("hostile")
+    rows = ["subject,relation,object,inverse"]
+    rows += [f"{HOSTILE_NAMES[i % 4]}{i},is_r,o{i}\"'x,rev_r" for i in range(24)]
+    (folder / "facts.csv").write_text("\n".join(rows) + "\n")
+    run_dir = folder / "run"
+    assert main(["train", "--facts", str(folder / "facts.csv"), "--preset", "tiny", "--steps", "150",
+                 "--out", str(run_dir), "--quiet"]) == 0
+    assert main(["analyze", str(run_dir), "--quiet"]) == 0
+    return run_dir
+
+
+def test_hostile_names_are_text_in_the_report(hostile_run):
+    page = (hostile_run / "report.html").read_text()
+    assert "Content-Security-Policy" in page and "default-src 'none'" in page
+    for name in HOSTILE_NAMES:
+        assert name not in page  # every occurrence is escaped for its context
+    scripts = re.findall(r"<script>(.*?)</script>", page, flags=re.DOTALL)
+    # every <script> element closes where it should: its text holds no closing tag or comment opener
+    assert all("</script" not in s.lower() and "<!--" not in s for s in scripts)
+    assert "<svg/onload" not in page and "<img/src" not in page
+
+
+def test_tampered_results_cannot_inject_or_read_files(analysed_run, tmp_path):
+    run_dir, _ = analysed_run
+    bad = tmp_path / "bad"
+    shutil.copytree(run_dir, bad)
+    path = bad / "analysis" / "forward.json"
+    original = path.read_text()
+    for tamper, message in [
+        (lambda d: d["figures"][0].update(name="x'><script>alert(1)</script>"), "lowercase identifier"),
+        (lambda d: d["views"][0].update(element="../../../../etc/passwd"), "expected one of"),
+        (lambda d: d.update(figures={"a": 1}), "field 'figures' is a dict; expected list"),
+        (lambda d: d["figures"][0].update(spec="<script>"), "field 'spec' is a str; expected dict"),
+        (lambda d: d.pop("numbers"), "no field 'numbers'"),
+    ]:
+        data = json.loads(original)
+        tamper(data)
+        path.write_text(json.dumps(data))
+        with pytest.raises(ResultsError, match=re.escape(message)):
+            load_results(bad)
+    data = json.loads(original)
+    data["figures"][0]["title"] = "</h3><script>document.title='pwned'</script>"
+    data["figures"][0]["spec"]["layout"]["title"] = {"text": "</script><script>document.title='pwned'</script>"}
+    path.write_text(json.dumps(data))
+    write_report(bad)
+    page = (bad / "report.html").read_text()
+    assert "<script>document.title" not in page and "</script><script>" not in page
+
+
+@pytest.mark.skipif(chromium() is None, reason="Debian's chromium is not installed (.ci/run installs it where apt can)")
+def test_no_injected_script_runs_in_chromium(hostile_run, tmp_path):
+    result = subprocess.run(
+        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+         "--enable-logging=stderr", "--v=0", "--virtual-time-budget=15000", "--dump-dom",
+         (hostile_run / "report.html").as_uri()],
+        capture_output=True, text=True, timeout=180,
+    )
+    dom = result.stdout
+    assert "<title>The reversal curse in run</title>" in dom  # no payload rewrote the title
+    assert 'onload="' not in dom and 'onerror="' not in dom  # the payloads are text, never elements
+    console = [line for line in result.stderr.splitlines() if ":CONSOLE" in line]
+    # nothing tried to load from anywhere (the Content-Security-Policy would refuse it and say so) and no error
+    assert not [line for line in console if re.search(r"Content Security Policy|Refused|Uncaught|Error", line)], console
