@@ -34,6 +34,9 @@ SEEN_REVERSE_SPLITS = ("reverse_seen", "reverse_only")
 HELD_OUT_SPLITS = ("reverse_held_out", "forward_held_out", "chain_composed_held_out")
 PROBE_SPLITS = ("reverse_seen", "reverse_held_out")
 LOCALIZE_TARGET = 0.8
+WEIGHT_BASELINE = "split"
+"""Effective-weight entries are reported above their split's off-fact baseline (``EffectiveWeights.effect``),
+at the end of training in the reverse stage and as a change since step 0 in the dynamics stage."""
 
 
 @dataclass(frozen=True)
@@ -115,16 +118,51 @@ def first_split(facts, names: tuple[str, ...]) -> str | None:
     return next((name for name in names if len(facts.split(name)) >= 2), None)
 
 
-def common_prompt_length(run, splits) -> int | None:
-    """The prompt length shared by most statements of ``splits`` when their prompts have several lengths (patching
-    needs one), else None."""
+def prompt_lengths(run, splits) -> dict[int, int]:
+    """How many prompts of ``splits`` have each length (in tokens)."""
     from revinterp.analysis.prompts import prompt_length_counts
 
     counts: dict[int, int] = {}
     for split in splits:
         for length, n in prompt_length_counts(run.facts, split, run.tokenizer).items():
             counts[length] = counts.get(length, 0) + n
+    return dict(sorted(counts.items()))
+
+
+def common_prompt_length(run, splits) -> int | None:
+    """The prompt length shared by most statements of ``splits`` when their prompts have several lengths (patching
+    needs one), else None."""
+    counts = prompt_lengths(run, splits)
     return max(counts, key=counts.get) if len(counts) > 1 else None
+
+
+def multi_token_reason(facts) -> dict:
+    """Why token-to-token effective weights cannot be computed: the entities have several tokens (how many)."""
+    words = [len(name.split()) for s in facts.statements for name in (s.subject, s.object)]
+    return {"reason": "effective weights are token-to-token maps and the entities have several tokens",
+            "max_tokens_per_entity": max(words)}
+
+
+def probe_sets(probes) -> dict:
+    """Per probe set (``cross_val``: seen pairs whose answer the probe never trained on; ``test``: held-out pairs),
+    the number of sites and, where one reads the answer above chance (the lower end of its 95 % interval above
+    chance), the most accurate of those; ``best`` is None where every site's interval includes chance or lies
+    below it, since the best of chance-level scores is a meaningless place."""
+    frame = probes.to_frame()
+    sets = {}
+    for name in ("cross_val", "test"):
+        rows = frame[frame["set"] == name]
+        if not len(rows):
+            continue
+        above = rows[rows["ci_low"] > probes.chance]
+        best = None
+        if len(above):
+            row = above.loc[above["accuracy"].idxmax()]
+            best = {"accuracy": float(row["accuracy"]), "low": float(row["ci_low"]), "high": float(row["ci_high"]),
+                    "layer": str(row["layer"]), "position": str(row["position_label"])}
+        sets[name] = {"n_sites": len(rows), "n_above_chance": len(above), "best": best,
+                      "max_accuracy": float(rows["accuracy"].max())}
+    return sets
 
 
 def estimate(est) -> dict:
@@ -161,7 +199,9 @@ def forward_stage(run, max_pairs: int, progress: bool = False) -> StageResult:
     result = StageResult("forward")
     split = first_split(run.facts, FORWARD_SPLITS)
     if split is None:
-        result.numbers["skipped"] = "no trained forward split with two or more facts: nothing to localize"
+        sizes = {name: len(run.facts.split(name)) for name in FORWARD_SPLITS}
+        result.numbers["skipped"] = {"reason": "no trained forward split has two or more statements",
+                                     "split_sizes": sizes}
         return result
     length = common_prompt_length(run, (split,))
     pairs = make_prompt_pairs(run.facts, split, run.tokenizer, max_pairs=max_pairs, prompt_length=length)
@@ -259,34 +299,38 @@ def reverse_stage(run, max_pairs: int, progress: bool = False) -> StageResult:
                                                "sites of largest effect", compared.plot())
         result.figure("reverse_dla", "The same for direct logit attribution", compared.plot("dla"))
     else:
-        numbers["interventions"] = {"skipped": "no reverse split with two or more statements"}
+        numbers["interventions"] = {"skipped": {
+            "reason": "no reverse split has two or more statements",
+            "split_sizes": {name: len(run.facts.split(name)) for name in (*SEEN_REVERSE_SPLITS, *HELD_OUT_SPLITS)}}}
     if single_token_entities(run.facts.statements):
         weights = effective_weights(run.model, run.facts, path="end_to_end")
-        numbers["weights"] = {"per_split": {split: estimate(weights.estimate(split)) for split in weights.splits}}
+        numbers["weights"] = {"baseline": WEIGHT_BASELINE,
+                              "per_split": {split: estimate(weights.estimate(split, baseline=WEIGHT_BASELINE))
+                                            for split in weights.splits}}
         result.figure("weights", "Effective weights (end to end)", weights.plot())
     else:
-        numbers["weights"] = {"skipped": "multi_token"}
-    if all(len(run.facts.split(s)) >= 2 for s in PROBE_SPLITS) and common_prompt_length(run, PROBE_SPLITS) is None:
+        numbers["weights"] = {"skipped": multi_token_reason(run.facts)}
+    probe_sizes = {name: len(run.facts.split(name)) for name in PROBE_SPLITS}
+    probe_lengths = prompt_lengths(run, PROBE_SPLITS)
+    if min(probe_sizes.values()) >= 2 and len(probe_lengths) == 1:
         probes = probe_answer_identity(run.model, run.facts)
-        frame = probes.to_frame()
-        best = {}
-        for name in ("cross_val", "test"):
-            rows = frame[frame["set"] == name]
-            if len(rows):
-                row = rows.loc[rows["accuracy"].idxmax()]
-                best[name] = {"accuracy": float(row["accuracy"]), "low": float(row["ci_low"]),
-                              "high": float(row["ci_high"]), "layer": str(row["layer"]),
-                              "position": str(row["position_label"])}
-        numbers["probes"] = {"chance": probes.chance, "best": best}
+        numbers["probes"] = {"chance": probes.chance, "sets": probe_sets(probes)}
         result.figure("probes", "Probes for the answer's identity", probes.plot())
+    elif min(probe_sizes.values()) < 2:
+        numbers["probes"] = {"skipped": {"reason": "a reverse split has fewer than two statements",
+                                         "split_sizes": probe_sizes}}
     else:
-        numbers["probes"] = {"skipped": "lengths_or_size"}
+        numbers["probes"] = {"skipped": {"reason": "the reverse prompts have several lengths (positions must line "
+                                                   "up; probe one relation or template at a time)",
+                                         "prompt_lengths": probe_lengths}}
     if counterpart_pairs(run.facts):
         grads = gradient_step_effects(run.model, run.facts)
         numbers["gradients"] = {"per_split": {split: estimate(grads.ratio(split)) for split in grads.splits}}
         result.figure("gradients", "The gradient view", grads.plot())
     else:
-        numbers["gradients"] = {"skipped": "no_counterparts"}
+        directions = sorted({s.direction for s in run.facts.statements})
+        numbers["gradients"] = {"skipped": {"reason": "no fact has both a forward and a reverse statement",
+                                            "directions": directions}}
     starvation = starvation_report(run.path, device=next(run.model.parameters()).device)
     means = starvation.role_means()
     numbers["starvation"] = {
@@ -312,15 +356,17 @@ def dynamics_stage(run) -> StageResult:
     }
     result.figure("behaviour_dynamics", "Mean probability of the answer per split over training", curves.plot())
     if not single_token_entities(run.facts.statements):
-        result.numbers["weights"] = {"skipped": "multi_token"}
+        result.numbers["weights"] = {"skipped": multi_token_reason(run.facts)}
         return result
     weights = effective_weights_over_training(run.path, path="end_to_end", device=next(run.model.parameters()).device)
-    change = weights.change_from_initial()[-1]
-    statements = weights.results[0].statements
+    # the quantity of the reverse stage (entry above its split's off-fact baseline), its change since step 0
+    first, last = weights.results[0], weights.results[-1]
+    change = last.effect(WEIGHT_BASELINE)[0] - first.effect(WEIGHT_BASELINE)[0]
     per_split = {}
-    for split in weights.results[0].splits:
-        rows = [k for k, s in enumerate(statements) if s.split == split]
+    for split in first.splits:
+        rows = [k for k, s in enumerate(first.statements) if s.split == split]
         per_split[split] = estimate(bootstrap_ci(change[rows]))
-    result.numbers["weights"] = {"steps": [weights.steps[0], weights.steps[-1]], "per_split": per_split}
+    result.numbers["weights"] = {"baseline": WEIGHT_BASELINE, "steps": [weights.steps[0], weights.steps[-1]],
+                                 "per_split": per_split}
     result.figure("weights_dynamics", "Effective weights over training", weights.plot())
     return result

@@ -104,6 +104,12 @@ def normalized_ci(
     ]
 
 
+def format_fixed(x: float, digits: int = 2) -> str:
+    """``x`` with ``digits`` decimals, never ``-0.00``: a value that rounds to zero is written without a sign."""
+    text = f"{x:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
 def error_bars(estimates: Sequence[Estimate]) -> dict:
     """Plotly ``error_y`` (or ``error_x``) of asymmetric intervals: from each mean up to its high and down to its
     low bound."""

@@ -321,7 +321,8 @@ def test_localize_recovers_the_target_with_the_sites_it_names(trained):
     ci = loc.recovered_ci()
     assert ci.mean == pytest.approx(loc.recovered, abs=1e-9) and ci.low < ci.mean < ci.high
     assert "reached" in loc.summary()
-    assert len(loc.plot().data[0].x) == len(loc.chosen) + 1
+    fig = loc.plot()
+    assert len(fig.data) == 1 and list(fig.data[0].y) == pytest.approx(loc.curve.tolist())  # one bar per step
 
 
 def test_localize_default_components_and_the_whole_attention_output(trained):
@@ -334,6 +335,8 @@ def test_localize_default_components_and_the_whole_attention_output(trained):
     assert not any(s.component == "head_out_by_pos" and s.pos == pairs.answer_position for s in loc.chosen)
     ci = loc.recovered_ci()
     assert ci.low == pytest.approx(1.0, abs=1e-9) and ci.high == pytest.approx(1.0, abs=1e-9)
+    fig = loc.plot()  # a single chosen site: one trace with one point, on a categorical axis
+    assert len(fig.data) == 1 and len(fig.data[0].y) == 1 and fig.layout.xaxis.type == "category"
 
 
 def test_prompt_pairs_of_several_lengths_need_a_chosen_length():

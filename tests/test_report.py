@@ -211,3 +211,52 @@ def test_no_injected_script_runs_in_chromium(hostile_run, tmp_path):
     console = [line for line in result.stderr.splitlines() if ":CONSOLE" in line]
     # nothing tried to load from anywhere (the Content-Security-Policy would refuse it and say so) and no error
     assert not [line for line in console if re.search(r"Content Security Policy|Refused|Uncaught|Error", line)], console
+
+
+def test_one_value_per_quantity_in_the_report(analysed_run):
+    """No quantity is printed with two values: every 'label: value [95 % CI ...]' in the findings has one value."""
+    import html as html_module
+
+    run_dir, _ = analysed_run
+    page = (run_dir / "report.html").read_text()
+    findings = [html_module.unescape(f) for f in re.findall(r"<li>(.*?)</li>", page, flags=re.DOTALL)]
+    values: dict[str, set[str]] = {}
+    for finding in findings:
+        for label, value in re.findall(r"([^.;:()]+?)(?::| by) (-?[\d.]+(?:e[-+]?\d+)?) \[95 % CI", finding):
+            values.setdefault(label.strip(), set()).add(value)
+    assert values and all(len(v) == 1 for v in values.values()), {k: v for k, v in values.items() if len(v) > 1}
+    weights = [f for f in findings if "Y[subject, answer]" in f]
+    assert weights and all("above its split's off-fact baseline" in f for f in weights)
+    texts = findings + re.findall(r'"text": "([^"]*)"', page)  # findings and figure titles: the formatted numbers
+    assert not [t for t in texts if re.search(r"-0\.0+(?![0-9e])", t)]  # never a negative zero
+
+
+def test_no_best_probe_site_among_chance_scores():
+    import pandas as pd
+
+    from revinterp.pipeline import probe_sets
+    from revinterp.viz.report import reverse_findings, skipped
+
+    class Probes:  # two probe sets at 10 sites each: test all at chance, cross-validation one site above it
+        chance = 0.05
+
+        def to_frame(self):
+            rows = [dict(set="test", accuracy=0.0, ci_low=0.0, ci_high=0.12, layer="L0", position_label="<bos>")
+                    for _ in range(10)]
+            rows += [dict(set="cross_val", accuracy=0.6 if i == 3 else 0.04, ci_low=0.4 if i == 3 else 0.0,
+                          ci_high=0.8 if i == 3 else 0.1, layer=f"L{i}", position_label="subject") for i in range(10)]
+            return pd.DataFrame(rows)
+
+    sets = probe_sets(Probes())
+    assert sets["test"]["best"] is None and sets["test"]["n_above_chance"] == 0
+    assert sets["cross_val"]["best"]["layer"] == "L3" and sets["cross_val"]["n_above_chance"] == 1
+    numbers = {"interventions": {"skipped": {"reason": "r", "split_sizes": {"reverse_seen": 1}}},
+               "weights": {"skipped": {"reason": "the entities have several tokens", "max_tokens_per_entity": 2}},
+               "probes": {"chance": 0.05, "sets": sets}, "gradients": {"per_split": {}},
+               "starvation": {"n_starved": 0, "n_held_out": 3, "embed_shift": {}}}
+    findings = reverse_findings(numbers)
+    assert any("no site reads the answer above chance" in f and "<bos>" not in f for f in findings)
+    assert any("1 of 10 sites read the answer above chance" in f and "L3" in f for f in findings)
+    assert "Effective weights: not run, since the entities have several tokens (max tokens per entity: 2)." in findings
+    assert skipped("Probes", {"reason": "lengths differ", "prompt_lengths": {3: 10, 5: 2}}) == (
+        "Probes: not run, since lengths differ (prompt lengths: 3 (10), 5 (2)).")

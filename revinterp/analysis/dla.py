@@ -25,7 +25,7 @@ from torch import Tensor
 from revinterp.analysis.checks import check_choice, check_model_and_pairs
 from revinterp.analysis.prompts import PromptPairs
 from revinterp.evaluation import model_device
-from revinterp.stats import bootstrap_ci, error_bars
+from revinterp.stats import bootstrap_ci, error_bars, format_fixed
 
 DLA_TARGETS = ("logit_diff", "answer")
 
@@ -130,8 +130,8 @@ class DirectLogitAttributionResult:
             )
         what = "logit difference (clean - corrupted answer)" if self.target == "logit_diff" else "answer logit"
         fig.update_layout(
-            title=f"Direct logit attribution of the {what}; total {self.total.mean().item():.2f}, "
-                  f"unembedding bias {self.unembed_bias.mean().item():.2f} (mean of {self.values.shape[1]})",
+            title=f"Direct logit attribution of the {what}; total {format_fixed(self.total.mean().item())}, "
+                  f"unembedding bias {format_fixed(self.unembed_bias.mean().item())} (mean of {self.values.shape[1]})",
             xaxis_title="part", yaxis_title="contribution (mean, 95% CI)",
         )
         return fig

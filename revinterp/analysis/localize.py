@@ -79,17 +79,18 @@ class Localization:
         return pd.DataFrame(rows)
 
     def plot(self):
-        """Plotly line: recovered fraction vs number of restored sites, with the target marked."""
+        """Plotly bars: the recovered fraction measured after each chosen site is added (one bar per step, so a
+        single chosen site is a single bar), with the target marked."""
         import plotly.graph_objects as go
 
-        x = list(range(len(self.chosen) + 1))
-        y = [0.0, *self.curve.tolist()]
-        text = ["(none)", *(s.label(self.labels) for s in self.chosen)]
-        fig = go.Figure(go.Scatter(x=x, y=y, mode="lines+markers", text=text, hovertemplate="%{text}: %{y:.3f}"))
+        labels = [f"+{s.label(self.labels)}" for s in self.chosen]
+        fig = go.Figure(go.Bar(x=labels, y=self.curve.tolist(), hovertemplate="%{x}: %{y:.3f}<extra></extra>"))
         fig.add_hline(y=self.target, line_dash="dash", annotation_text=f"target {self.target:g}")
         fig.update_layout(
             title=f"Joint restoration of the top sites ({self.metric}, n={len(self.clean)})",
-            xaxis_title="sites restored (in order of own effect)", yaxis_title="recovered fraction (normalized)",
+            xaxis=dict(title="sites restored together (in order of own effect)", type="category"),
+            yaxis=dict(title="recovered fraction (normalized)",
+                       range=[min([0.0, *self.curve.tolist()]), max([1.05, *self.curve.tolist()])]),
         )
         return fig
 

@@ -28,13 +28,14 @@ from pathlib import Path
 
 from revinterp.io import atomic_write_text
 from revinterp.results import StageResult, load_results
+from revinterp.stats import format_fixed as num
 
 REPORT_FILE = "report.html"
+WEIGHT_ENTRY = "End-to-end effective-weight entry Y[subject, answer] above its split's off-fact baseline"
+"""The one name of the effective-weight quantity, in the reverse section (its level) and the dynamics (its change)."""
 CONTENT_SECURITY_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
                            "img-src data: blob:; font-src data:; connect-src 'none'; frame-src 'none'; "
                            "base-uri 'none'; form-action 'none'")
-MULTI_TOKEN_WEIGHTS = ("Effective weights: not computed, since they are token-to-token maps and the entities have "
-                       "several tokens.")
 
 
 @dataclass
@@ -68,7 +69,21 @@ def write_report(run_dir: str | Path) -> Path:
 
 # -- findings from the numbers ----------------------------------------------------------------------------------
 def pct(x: float) -> str:
-    return f"{100 * x:.1f} %"
+    return f"{num(100 * x, 1)} %"
+
+
+def skipped(what: str, skip: dict) -> str:
+    """``what: not run, since REASON (the numbers that decided it).``"""
+    details = "; ".join(f"{key.replace('_', ' ')}: {describe(value)}" for key, value in skip.items() if key != "reason")
+    return f"{what}: not run, since {skip['reason']}" + (f" ({details})." if details else ".")
+
+
+def describe(value) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k} ({v})" for k, v in value.items())
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return str(value)
 
 
 def interval(est: dict) -> str:
@@ -87,23 +102,23 @@ def behaviour_findings(numbers: dict) -> list[str]:
         findings.append(
             f"{name} ({'trained' if m['trained'] else 'held out'}, n={m['n']}): accuracy {pct(m['accuracy'])} "
             f"[95 % CI {pct(m['accuracy_ci'][0])}, {pct(m['accuracy_ci'][1])}] against chance "
-            f"{pct(m['chance_accuracy'])}; mean rank {m['mean_rank']:.1f} of {m['n_candidates']} (chance "
-            f"{m['chance_mean_rank']:.1f}); log-probability among candidates {m['logprob_candidates']:.2f} against "
-            f"uniform {m['uniform_logprob_candidates']:.2f}" + verdict
+            f"{pct(m['chance_accuracy'])}; mean rank {num(m['mean_rank'], 1)} of {m['n_candidates']} (chance "
+            f"{num(m['chance_mean_rank'], 1)}); log-probability among candidates {num(m['logprob_candidates'])} "
+            f"against uniform {num(m['uniform_logprob_candidates'])}" + verdict
         )
     return findings
 
 
 def forward_findings(numbers: dict) -> list[str]:
     if "skipped" in numbers:
-        return ["No trained forward split with two or more facts: nothing to localize."]
+        return [skipped("Localization", numbers["skipped"])]
     length = numbers["prompt_length"]
     findings = [f"Prompt pairs: {numbers['n_pairs']} clean prompts of {numbers['split']}, each corrupted by another "
                 "subject of the same split; metric: logit difference clean answer - corrupted answer."
                 + (f" The prompts have several lengths; those of {length} tokens are used." if length else "")]
     for component, strongest in numbers["strongest"].items():
         findings.append(f"Denoising {component}: the strongest site is {strongest['site']}, restoring "
-                        f"{strongest['normalized']:.2f} of the clean logit difference (normalized: 0 corrupted, "
+                        f"{num(strongest['normalized'])} of the clean logit difference (normalized: 0 corrupted, "
                         "1 clean).")
     located = numbers["localize"]
     findings.append(
@@ -115,8 +130,8 @@ def forward_findings(numbers: dict) -> list[str]:
     dla = numbers["dla"]
     top = sorted(dla["parts"], key=lambda part: -abs(part["mean"]))[:3]
     findings.append("Direct logit attribution: the largest direct contributions to the logit difference are "
-                    + ", ".join(f"{part['label']} ({part['mean']:.2f})" for part in top)
-                    + f" of a total {dla['total']:.2f}.")
+                    + ", ".join(f"{part['label']} ({num(part['mean'])})" for part in top)
+                    + f" of a total {num(dla['total'])}.")
     findings.append("Logit lens: the answer first ranks top for most prompts at "
                     + (numbers["logit_lens"]["first_majority_top"] or "no layer") + ".")
     return findings
@@ -125,7 +140,9 @@ def forward_findings(numbers: dict) -> list[str]:
 def reverse_findings(numbers: dict) -> list[str]:
     findings = []
     interventions = numbers["interventions"]
-    if "skipped" not in interventions:
+    if "skipped" in interventions:
+        findings.append(skipped("Reverse interventions", interventions["skipped"]))
+    else:
         chance = 100 * (1 - interventions["confidence"])
         for split in interventions["splits"]:
             r = interventions["per_split"][split]
@@ -144,27 +161,33 @@ def reverse_findings(numbers: dict) -> list[str]:
             )
     weights = numbers["weights"]
     if "skipped" in weights:
-        findings.append(MULTI_TOKEN_WEIGHTS)
+        findings.append(skipped("Effective weights", weights["skipped"]))
     else:
-        findings += [f"End-to-end effective weight Y[subject, answer] minus the off-fact baseline, {split}: "
-                     f"{interval(est)}" for split, est in weights["per_split"].items()]
+        findings += [f"{WEIGHT_ENTRY} of {split} at the end of training: {interval(est)}"
+                     for split, est in weights["per_split"].items()]
     probes = numbers["probes"]
     if "skipped" in probes:
-        findings.append("Probes: not run, since the reverse prompts have several lengths (positions must line up; "
-                        "call probes.probe_answer_identity on one relation or template at a time) or a reverse split "
-                        "has fewer than two statements.")
+        findings.append(skipped("Probes", probes["skipped"]))
     else:
-        for name, best in probes["best"].items():
+        for name, probe_set in probes["sets"].items():
             what = "seen pairs whose answer the probe never trained on" if name == "cross_val" else "held-out pairs"
-            findings.append(
-                f"Linear probe for the answer's identity on {what}: best accuracy {pct(best['accuracy'])} [95 % CI "
-                f"{pct(best['low'])}, {pct(best['high'])}] at {best['layer']}, {best['position']} (chance "
-                f"{pct(probes['chance'])})."
-            )
+            best = probe_set["best"]
+            if best is None:
+                findings.append(
+                    f"Linear probe for the answer's identity on {what}: no site reads the answer above chance "
+                    f"{pct(probes['chance'])} (every one of {probe_set['n_sites']} sites has a 95 % interval reaching "
+                    f"chance or below; highest accuracy {pct(probe_set['max_accuracy'])})."
+                )
+            else:
+                findings.append(
+                    f"Linear probe for the answer's identity on {what}: {probe_set['n_above_chance']} of "
+                    f"{probe_set['n_sites']} sites read the answer above chance; the most accurate, "
+                    f"{best['layer']}, {best['position']}: {pct(best['accuracy'])} [95 % CI {pct(best['low'])}, "
+                    f"{pct(best['high'])}] (chance {pct(probes['chance'])})."
+                )
     gradients = numbers["gradients"]
     if "skipped" in gradients:
-        findings.append("Gradient view: not run, since no fact has both a forward and a reverse statement "
-                        "(e.g. chain data).")
+        findings.append(skipped("Gradient view", gradients["skipped"]))
     else:
         findings += [f"One SGD step on a {split} statement moves the other direction's answer logit by "
                      f"{interval(est)} times what it moves its own." for split, est in gradients["per_split"].items()]
@@ -186,11 +209,11 @@ def dynamics_findings(numbers: dict) -> list[str]:
                 for name, (start, end) in probability["per_split"].items()]
     weights = numbers["weights"]
     if "skipped" in weights:
-        findings.append(MULTI_TOKEN_WEIGHTS)
+        findings.append(skipped("Effective weights over training", weights["skipped"]))
     else:
         first, last = weights["steps"]
-        findings += [f"End-to-end entry Y[subject, answer] of {split}: change from step {first} to {last} "
-                     f"{interval(est)}." for split, est in weights["per_split"].items()]
+        findings += [f"Change of the {WEIGHT_ENTRY[0].lower()}{WEIGHT_ENTRY[1:]} of {split} from step {first} to "
+                     f"{last}: {interval(est)}" for split, est in weights["per_split"].items()]
     return findings
 
 
@@ -252,11 +275,26 @@ def render_html(title: str, config: dict, sections: list[Section]) -> str:
                          f"{script_json(view.props)});</script>")
             parts.append(caption(view.caption) + "</div>")
         parts.append("</section>")
-    parts.append("<section id='config'><h2>Configuration</h2><table class='config'>")
-    for key, value in config.items():
-        parts.append(f"<tr><td>{esc(key)}</td><td>{esc(json.dumps(value))}</td></tr>")
+    parts.append("<section id='config'><h2>Configuration</h2><table class='config'>"
+                 "<tr><th>field</th><th>value</th></tr>")
+    for key, value in flatten(config):
+        parts.append(f"<tr><td>{esc(key)}</td><td>{esc(value)}</td></tr>")
     parts.append("</table></section></body></html>")
     return "\n".join(parts)
+
+
+def flatten(config: dict, prefix: str = "") -> list[tuple[str, str]]:
+    """Nested configuration as ``(field, value)`` rows: ``("model.n_layers", "2")``; lists joined by commas."""
+    rows = []
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            rows += flatten(value, f"{name}.")
+        elif isinstance(value, (list, tuple)):
+            rows.append((name, ", ".join(map(str, value))))
+        else:
+            rows.append((name, "none" if value is None else str(value)))
+    return rows
 
 
 def caption(text: str) -> str:
