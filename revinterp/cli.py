@@ -235,10 +235,15 @@ def cmd_train(args) -> int:
 
 def analyze_and_report(run_dir: Path, args) -> Path:
     from revinterp.pipeline import analyze
+    from revinterp.results import load_results, skipped_analyses
     from revinterp.viz.report import write_report
 
     analyze(run_dir, device=args.device, progress=not args.quiet, max_pairs=args.max_pairs)
-    return write_report(run_dir)
+    path = write_report(run_dir)
+    _, stages = load_results(run_dir)
+    for analysis, reason in skipped_analyses(stages):
+        print(f"revinterp: {analysis} did not run: {reason}", file=sys.stderr)
+    return path
 
 
 def cmd_run(args) -> int:

@@ -129,13 +129,6 @@ def prompt_lengths(run, splits) -> dict[int, int]:
     return dict(sorted(counts.items()))
 
 
-def common_prompt_length(run, splits) -> int | None:
-    """The prompt length shared by most statements of ``splits`` when their prompts have several lengths (patching
-    needs one), else None."""
-    counts = prompt_lengths(run, splits)
-    return max(counts, key=counts.get) if len(counts) > 1 else None
-
-
 def multi_token_reason(facts) -> dict:
     """Why token-to-token effective weights cannot be computed: the entities have several tokens (how many)."""
     words = [len(name.split()) for s in facts.statements for name in (s.subject, s.object)]
@@ -176,6 +169,46 @@ def finite_or_none(value: float) -> float | None:
 
 
 # -- the stages -----------------------------------------------------------------------------------------------
+class Skip(Exception):
+    """An analysis that cannot run on these data: ``details`` says why, with the numbers that decided it."""
+
+    def __init__(self, reason: str, **details):
+        super().__init__(reason)
+        self.details = {"reason": reason, **details}
+
+
+def isolated(result: StageResult, key: str, measure: Callable[[StageResult], dict]) -> None:
+    """Run one analysis into ``result.numbers[key]`` (its figures and views into ``result``); if it cannot run on
+    these data, or fails, record why under ``{"skipped": {"reason": ...}}`` and go on with the others.
+
+    One analysis that cannot run never throws away the training or the analyses that can.
+    """
+    scratch = StageResult(result.stage)
+    try:
+        result.numbers[key] = measure(scratch)
+    except Skip as skip:
+        result.numbers[key] = {"skipped": skip.details}
+        return
+    except Exception as e:  # noqa: BLE001 (recorded with its type and message, never silently dropped)
+        result.numbers[key] = {"skipped": {"reason": f"it failed with {type(e).__name__}: {e}", "failed": True}}
+        return
+    result.figures += scratch.figures
+    result.views += scratch.views
+
+
+def prompt_length_for(run, splits) -> int | None:
+    """The prompt length the patching analyses of ``splits`` use: None where every prompt has the same length and
+    fits the model's context, else the most common length that fits (:class:`Skip` where none fits)."""
+    counts = prompt_lengths(run, splits)
+    fitting = {length: n for length, n in counts.items() if length <= run.config.n_ctx}
+    if not fitting:
+        raise Skip(f"every prompt is longer than the model's context of {run.config.n_ctx} tokens",
+                   prompt_lengths=counts)
+    if len(counts) == 1:
+        return None
+    return max(fitting, key=fitting.get)
+
+
 def behaviour_stage(run) -> StageResult:
     """Behaviour per split (accuracy, rank and log-probability against chance)."""
     from revinterp.evaluation import evaluate
@@ -189,64 +222,99 @@ def behaviour_stage(run) -> StageResult:
 
 def forward_stage(run, max_pairs: int, progress: bool = False) -> StageResult:
     """Where the forward fact is stored: patching sweeps, localization, DLA, logit lens, attention views."""
-    from revinterp.analysis.dla import direct_logit_attribution
-    from revinterp.analysis.localize import localize
-    from revinterp.analysis.logit_lens import logit_lens
-    from revinterp.analysis.patching import patch_sweeps
     from revinterp.analysis.prompts import make_prompt_pairs
-    from revinterp.analysis.sites import SWEEP_COMPONENTS
 
     result = StageResult("forward")
-    split = first_split(run.facts, FORWARD_SPLITS)
-    if split is None:
-        sizes = {name: len(run.facts.split(name)) for name in FORWARD_SPLITS}
-        result.numbers["skipped"] = {"reason": "no trained forward split has two or more statements",
-                                     "split_sizes": sizes}
-        return result
-    length = common_prompt_length(run, (split,))
-    pairs = make_prompt_pairs(run.facts, split, run.tokenizer, max_pairs=max_pairs, prompt_length=length)
     numbers = result.numbers
-    numbers.update(split=split, n_pairs=len(pairs), prompt_length=length, metric="logit_diff", strongest={},
-                   sweeps={})
-    sweeps = patch_sweeps(run.model, pairs, SWEEP_COMPONENTS, progress=progress)
-    for component, sweep in sweeps.items():
+    pairs = None
+
+    def prompt_pairs(_: StageResult) -> dict:
+        nonlocal pairs
+        split = first_split(run.facts, FORWARD_SPLITS)
+        if split is None:
+            raise Skip("no trained forward split has two or more statements",
+                       split_sizes={name: len(run.facts.split(name)) for name in FORWARD_SPLITS})
+        length = prompt_length_for(run, (split,))
+        pairs = make_prompt_pairs(run.facts, split, run.tokenizer, max_pairs=max_pairs, prompt_length=length)
+        counts = prompt_lengths(run, (split,))
+        left_out = 0 if length is None else sum(n for k, n in counts.items() if k != length)
+        return {"split": split, "n_pairs": len(pairs), "prompt_length": length, "metric": "logit_diff",
+                "n_prompts_left_out": left_out}
+
+    isolated(result, "prompts", prompt_pairs)
+    if pairs is None:
+        return result
+    isolated(result, "sweeps", lambda out: measure_sweeps(run, pairs, out, progress))
+    isolated(result, "localize", lambda out: measure_localize(run, pairs, out))
+    isolated(result, "dla", lambda out: measure_dla(run, pairs, out))
+    isolated(result, "logit_lens", lambda out: measure_logit_lens(run, pairs, out))
+    heads = [] if "skipped" in numbers["dla"] else numbers["dla"]["top_heads"]
+    isolated(result, "attention", lambda out: measure_attention(run, pairs, heads, max_pairs, out))
+    return result
+
+
+def measure_sweeps(run, pairs, out: StageResult, progress: bool) -> dict:
+    from revinterp.analysis.patching import patch_sweeps
+    from revinterp.analysis.sites import SWEEP_COMPONENTS
+
+    strongest, rows = {}, {}
+    for component, sweep in patch_sweeps(run.model, pairs, SWEEP_COMPONENTS, progress=progress).items():
         (site, value), *_ = sweep.top(1)
-        numbers["strongest"][component] = {"site": site.label(pairs.labels), "normalized": value}
-        rows = sweep.to_frame().to_dict(orient="records")
-        numbers["sweeps"][component] = [{k: finite_or_none(v) if isinstance(v, float) else v for k, v in row.items()}
-                                        for row in rows]
-        result.figure(f"patch_{component}", f"Activation patching (denoising): {component}", sweep.plot())
+        strongest[component] = {"site": site.label(pairs.labels), "normalized": value}
+        rows[component] = [{k: finite_or_none(v) if isinstance(v, float) else v for k, v in row.items()}
+                           for row in sweep.to_frame().to_dict(orient="records")]
+        out.figure(f"patch_{component}", f"Activation patching (denoising): {component}", sweep.plot())
+    return {"strongest": strongest, "per_site": rows}
+
+
+def measure_localize(run, pairs, out: StageResult) -> dict:
+    from revinterp.analysis.localize import localize
+
     located = localize(run.model, pairs, target=LOCALIZE_TARGET)
-    numbers["localize"] = {"chosen": [s.label(pairs.labels) for s in located.chosen],
-                           "recovered": estimate(located.recovered_ci()), "reached": located.reached,
-                           "target": LOCALIZE_TARGET}
-    result.figure("localize", "Localization: recovered fraction as sites are restored together", located.plot())
+    out.figure("localize", "Localization: recovered fraction as sites are restored together", located.plot())
+    return {"chosen": [s.label(pairs.labels) for s in located.chosen], "recovered": estimate(located.recovered_ci()),
+            "reached": located.reached, "target": LOCALIZE_TARGET}
+
+
+def measure_dla(run, pairs, out: StageResult) -> dict:
+    from revinterp.analysis.dla import direct_logit_attribution
+
     dla = direct_logit_attribution(run.model, pairs)
     mean = dla.mean()
-    numbers["dla"] = {"parts": [{"label": label, "kind": kind, "mean": mean[i].item()}
-                                for i, (label, kind) in enumerate(zip(dla.labels, dla.kinds))],
-                      "total": dla.total.mean().item(), "unembed_bias": dla.unembed_bias.mean().item(),
-                      "max_abs_residual": dla.residual.abs().max().item()}
-    result.figure("dla", "Direct logit attribution", dla.plot())
+    order = mean.abs().argsort(descending=True).tolist()
+    out.figure("dla", "Direct logit attribution", dla.plot())
+    return {"parts": [{"label": label, "kind": kind, "mean": mean[i].item()}
+                      for i, (label, kind) in enumerate(zip(dla.labels, dla.kinds))],
+            "total": dla.total.mean().item(), "unembed_bias": dla.unembed_bias.mean().item(),
+            "max_abs_residual": dla.residual.abs().max().item(),
+            "top_heads": [dla.labels[i] for i in order if dla.kinds[i] == "head"][:3]}
+
+
+def measure_logit_lens(run, pairs, out: StageResult) -> dict:
+    from revinterp.analysis.logit_lens import logit_lens
+
     lens = logit_lens(run.model, pairs)
     accuracy = lens.accuracy.tolist()
-    numbers["logit_lens"] = {"labels": list(lens.labels), "accuracy": accuracy,
-                             "first_majority_top": next((lens.labels[i] for i, a in enumerate(accuracy) if a >= 0.5),
-                                                        None)}
-    result.figure("logit_lens", "Logit lens: answer log-probability after every layer", lens.plot())
-    order = mean.abs().argsort(descending=True).tolist()
-    heads = [dla.labels[i] for i in order if dla.kinds[i] == "head"][:3]
-    numbers["attention_heads"] = heads
-    result.views.append(attention_view(
+    out.figure("logit_lens", "Logit lens: answer log-probability after every layer", lens.plot())
+    return {"labels": list(lens.labels), "accuracy": accuracy,
+            "first_majority_top": next((lens.labels[i] for i, a in enumerate(accuracy) if a >= 0.5), None)}
+
+
+def measure_attention(run, pairs, heads: list[str], max_pairs: int, out: StageResult) -> dict:
+    from revinterp.analysis.prompts import make_prompt_pairs
+
+    if not heads:
+        raise Skip("no head was ranked by direct logit attribution (it did not run)")
+    out.views.append(attention_view(
         run, pairs, heads, "attention_forward",
         f"Attention of the heads with the largest direct effect ({', '.join(heads)}) on a forward prompt"))
     held_out = first_split(run.facts, HELD_OUT_SPLITS)
     if held_out is not None:
         reverse_pairs = make_prompt_pairs(run.facts, held_out, run.tokenizer, max_pairs=max_pairs,
-                                          prompt_length=common_prompt_length(run, (held_out,)))
-        result.views.append(attention_view(run, reverse_pairs, heads, "attention_held_out",
-                                           f"The same heads on a {held_out} prompt"))
-    return result
+                                          prompt_length=prompt_length_for(run, (held_out,)))
+        out.views.append(attention_view(run, reverse_pairs, heads, "attention_held_out",
+                                        f"The same heads on a {held_out} prompt"))
+    return {"heads": heads, "held_out_split": held_out}
 
 
 def attention_view(run, pairs, heads: list[str], name: str, title: str, index: int = 0) -> View:
@@ -269,95 +337,115 @@ def attention_view(run, pairs, heads: list[str], name: str, title: str, index: i
 def reverse_stage(run, max_pairs: int, progress: bool = False) -> StageResult:
     """Why there is no reverse path: interventions per split, effective weights, probes, the gradient view and
     embedding starvation."""
-    from revinterp.analysis.gradients import counterpart_pairs, gradient_step_effects
-    from revinterp.analysis.interventions import INTERVENTION_METHODS, compare_splits, excludes_zero
-    from revinterp.analysis.probes import probe_answer_identity
-    from revinterp.analysis.starvation import starvation_report
-    from revinterp.analysis.weights import effective_weights, single_token_entities
-
     result = StageResult("reverse")
-    numbers = result.numbers
+    isolated(result, "interventions", lambda out: measure_interventions(run, max_pairs, progress, out))
+    isolated(result, "weights", lambda out: measure_weights(run, out))
+    isolated(result, "probes", lambda out: measure_probes(run, out))
+    isolated(result, "gradients", lambda out: measure_gradients(run, out))
+    isolated(result, "starvation", lambda out: measure_starvation(run, out))
+    return result
+
+
+def measure_interventions(run, max_pairs: int, progress: bool, out: StageResult) -> dict:
+    from revinterp.analysis.interventions import INTERVENTION_METHODS, compare_splits, excludes_zero
+
     seen = [s for s in SEEN_REVERSE_SPLITS if len(run.facts.split(s)) >= 2][:1]
     held = [s for s in HELD_OUT_SPLITS if len(run.facts.split(s)) >= 2]
-    if seen or held:
-        splits = (*seen, *held)
-        compared = compare_splits(run.model, run.facts, splits, tokenizer=run.tokenizer, max_pairs=max_pairs,
-                                  progress=progress, prompt_length=common_prompt_length(run, splits))
-        seen_effect = compared.total[seen[0]].mean if seen else None
-        per_split = {}
-        for split in splits:
-            total = compared.total[split]
-            per_split[split] = {
-                "n_pairs": compared.n_pairs[split], "total": estimate(total), "excludes_zero": excludes_zero(total),
-                "share_of_seen": (abs(total.mean / seen_effect) if seen_effect and split not in seen else None),
-                "counts": {method: {"distinguishable": len(compared.distinguishable(split, method)),
-                                    "tested": compared.n_tested(split, method)} for method in INTERVENTION_METHODS},
-            }
-        numbers["interventions"] = {"splits": list(splits), "seen": seen[0] if seen else None,
-                                    "confidence": compared.confidence, "per_split": per_split}
-        result.figure("reverse_interventions", "Interventions on reverse prompts: total effect and the patching "
-                                               "sites of largest effect", compared.plot())
-        result.figure("reverse_dla", "The same for direct logit attribution", compared.plot("dla"))
-    else:
-        numbers["interventions"] = {"skipped": {
-            "reason": "no reverse split has two or more statements",
-            "split_sizes": {name: len(run.facts.split(name)) for name in (*SEEN_REVERSE_SPLITS, *HELD_OUT_SPLITS)}}}
-    if single_token_entities(run.facts.statements):
-        weights = effective_weights(run.model, run.facts, path="end_to_end")
-        numbers["weights"] = {"baseline": WEIGHT_BASELINE,
-                              "per_split": {split: estimate(weights.estimate(split, baseline=WEIGHT_BASELINE))
-                                            for split in weights.splits}}
-        result.figure("weights", "Effective weights (end to end)", weights.plot())
-    else:
-        numbers["weights"] = {"skipped": multi_token_reason(run.facts)}
-    probe_sizes = {name: len(run.facts.split(name)) for name in PROBE_SPLITS}
-    probe_lengths = prompt_lengths(run, PROBE_SPLITS)
-    if min(probe_sizes.values()) >= 2 and len(probe_lengths) == 1:
-        probes = probe_answer_identity(run.model, run.facts)
-        numbers["probes"] = {"chance": probes.chance, "sets": probe_sets(probes)}
-        result.figure("probes", "Probes for the answer's identity", probes.plot())
-    elif min(probe_sizes.values()) < 2:
-        numbers["probes"] = {"skipped": {"reason": "a reverse split has fewer than two statements",
-                                         "split_sizes": probe_sizes}}
-    else:
-        numbers["probes"] = {"skipped": {"reason": "the reverse prompts have several lengths (positions must line "
-                                                   "up; probe one relation or template at a time)",
-                                         "prompt_lengths": probe_lengths}}
-    if counterpart_pairs(run.facts):
-        grads = gradient_step_effects(run.model, run.facts)
-        numbers["gradients"] = {"per_split": {split: estimate(grads.ratio(split)) for split in grads.splits}}
-        result.figure("gradients", "The gradient view", grads.plot())
-    else:
-        directions = sorted({s.direction for s in run.facts.statements})
-        numbers["gradients"] = {"skipped": {"reason": "no fact has both a forward and a reverse statement",
-                                            "directions": directions}}
+    if not seen and not held:
+        raise Skip("no reverse split has two or more statements",
+                   split_sizes={name: len(run.facts.split(name)) for name in (*SEEN_REVERSE_SPLITS, *HELD_OUT_SPLITS)})
+    splits = (*seen, *held)
+    compared = compare_splits(run.model, run.facts, splits, tokenizer=run.tokenizer, max_pairs=max_pairs,
+                              progress=progress, prompt_length=prompt_length_for(run, splits))
+    seen_effect = compared.total[seen[0]].mean if seen else None
+    per_split = {}
+    for split in splits:
+        total = compared.total[split]
+        per_split[split] = {
+            "n_pairs": compared.n_pairs[split], "total": estimate(total), "excludes_zero": excludes_zero(total),
+            "share_of_seen": (abs(total.mean / seen_effect) if seen_effect and split not in seen else None),
+            "counts": {method: {"distinguishable": len(compared.distinguishable(split, method)),
+                                "tested": compared.n_tested(split, method)} for method in INTERVENTION_METHODS},
+        }
+    out.figure("reverse_interventions", "Interventions on reverse prompts: total effect and the patching sites of "
+                                        "largest effect", compared.plot())
+    out.figure("reverse_dla", "The same for direct logit attribution", compared.plot("dla"))
+    return {"splits": list(splits), "seen": seen[0] if seen else None, "confidence": compared.confidence,
+            "per_split": per_split}
+
+
+def measure_weights(run, out: StageResult) -> dict:
+    from revinterp.analysis.weights import effective_weights, single_token_entities
+
+    if not single_token_entities(run.facts.statements):
+        raise Skip(**multi_token_reason(run.facts))
+    weights = effective_weights(run.model, run.facts, path="end_to_end")
+    out.figure("weights", "Effective weights (end to end)", weights.plot())
+    return {"baseline": WEIGHT_BASELINE,
+            "per_split": {split: estimate(weights.estimate(split, baseline=WEIGHT_BASELINE))
+                          for split in weights.splits}}
+
+
+def measure_probes(run, out: StageResult) -> dict:
+    from revinterp.analysis.probes import probe_answer_identity
+
+    sizes = {name: len(run.facts.split(name)) for name in PROBE_SPLITS}
+    lengths = prompt_lengths(run, PROBE_SPLITS)
+    if min(sizes.values()) < 2:
+        raise Skip("a reverse split has fewer than two statements", split_sizes=sizes)
+    if len(lengths) > 1:
+        raise Skip("the reverse prompts have several lengths (positions must line up; probe one relation or "
+                   "template at a time)", prompt_lengths=lengths)
+    probes = probe_answer_identity(run.model, run.facts)
+    out.figure("probes", "Probes for the answer's identity", probes.plot())
+    return {"chance": probes.chance, "sets": probe_sets(probes)}
+
+
+def measure_gradients(run, out: StageResult) -> dict:
+    from revinterp.analysis.gradients import counterpart_pairs, gradient_step_effects
+
+    if not counterpart_pairs(run.facts):
+        raise Skip("no fact has both a forward and a reverse statement",
+                   directions=sorted({s.direction for s in run.facts.statements}))
+    grads = gradient_step_effects(run.model, run.facts)
+    out.figure("gradients", "The gradient view", grads.plot())
+    return {"per_split": {split: estimate(grads.ratio(split)) for split in grads.splits}}
+
+
+def measure_starvation(run, out: StageResult) -> dict:
+    from revinterp.analysis.starvation import starvation_report
+
     starvation = starvation_report(run.path, device=next(run.model.parameters()).device)
     means = starvation.role_means()
-    numbers["starvation"] = {
-        "n_starved": len(starvation.starved), "n_held_out": len(run.facts.split("held_out")),
-        "embed_shift": {role: means[role]["embed_shift"] for role in ("held_out_subject", "trained_subject")
-                        if role in means},
-    }
-    result.figure("starvation", "Embedding starvation", starvation.plot())
-    return result
+    out.figure("starvation", "Embedding starvation", starvation.plot())
+    return {"n_starved": len(starvation.starved), "n_held_out": len(run.facts.split("held_out")),
+            "embed_shift": {role: means[role]["embed_shift"] for role in ("held_out_subject", "trained_subject")
+                            if role in means}}
 
 
 def dynamics_stage(run) -> StageResult:
     """How behaviour and the end-to-end effective weights evolved over the saved checkpoints."""
+    result = StageResult("dynamics")
+    isolated(result, "probability", lambda out: measure_probability_dynamics(run, out))
+    isolated(result, "weights", lambda out: measure_weight_dynamics(run, out))
+    return result
+
+
+def measure_probability_dynamics(run, out: StageResult) -> dict:
     from revinterp.analysis.dynamics import behaviour_dynamics
+
+    curves = behaviour_dynamics(run.path, "probability")
+    out.figure("behaviour_dynamics", "Mean probability of the answer per split over training", curves.plot())
+    return {"steps": [curves.steps[0], curves.steps[-1]],
+            "per_split": {name: [curve[0].item(), curve[-1].item()] for name, curve in curves.values.items()}}
+
+
+def measure_weight_dynamics(run, out: StageResult) -> dict:
     from revinterp.analysis.weights import effective_weights_over_training, single_token_entities
     from revinterp.stats import bootstrap_ci
 
-    result = StageResult("dynamics")
-    curves = behaviour_dynamics(run.path, "probability")
-    result.numbers["probability"] = {
-        "steps": [curves.steps[0], curves.steps[-1]],
-        "per_split": {name: [curve[0].item(), curve[-1].item()] for name, curve in curves.values.items()},
-    }
-    result.figure("behaviour_dynamics", "Mean probability of the answer per split over training", curves.plot())
     if not single_token_entities(run.facts.statements):
-        result.numbers["weights"] = {"skipped": multi_token_reason(run.facts)}
-        return result
+        raise Skip(**multi_token_reason(run.facts))
     weights = effective_weights_over_training(run.path, path="end_to_end", device=next(run.model.parameters()).device)
     # the quantity of the reverse stage (entry above its split's off-fact baseline), its change since step 0
     first, last = weights.results[0], weights.results[-1]
@@ -366,7 +454,5 @@ def dynamics_stage(run) -> StageResult:
     for split in first.splits:
         rows = [k for k, s in enumerate(first.statements) if s.split == split]
         per_split[split] = estimate(bootstrap_ci(change[rows]))
-    result.numbers["weights"] = {"baseline": WEIGHT_BASELINE, "steps": [weights.steps[0], weights.steps[-1]],
-                                 "per_split": per_split}
-    result.figure("weights_dynamics", "Effective weights over training", weights.plot())
-    return result
+    out.figure("weights_dynamics", "Effective weights over training", weights.plot())
+    return {"baseline": WEIGHT_BASELINE, "steps": [weights.steps[0], weights.steps[-1]], "per_split": per_split}

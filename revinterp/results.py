@@ -190,3 +190,9 @@ def _check_name(name: str, what: str, allowed: tuple[str, ...] | None = None) ->
         raise ResultsError(f"{what} {name!r}: expected one of {allowed}")
     if not isinstance(name, str) or not NAME.match(name):
         raise ResultsError(f"{what} {name!r}: expected a lowercase identifier ({NAME.pattern})")
+
+
+def skipped_analyses(stages: dict[str, StageResult]) -> list[tuple[str, str]]:
+    """``("stage.analysis", reason)`` for every analysis of the saved stages that did not run, in stage order."""
+    return [(f"{name}.{key}", value["skipped"]["reason"]) for name, stage in stages.items()
+            for key, value in stage.numbers.items() if isinstance(value, dict) and "skipped" in value]

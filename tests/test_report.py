@@ -260,3 +260,38 @@ def test_no_best_probe_site_among_chance_scores():
     assert "Effective weights: not run, since the entities have several tokens (max tokens per entity: 2)." in findings
     assert skipped("Probes", {"reason": "lengths differ", "prompt_lengths": {3: 10, 5: 2}}) == (
         "Probes: not run, since lengths differ (prompt lengths: 3 (10), 5 (2)).")
+
+
+def test_an_analysis_that_fails_is_recorded_and_the_others_complete(tiny_run_dir, tmp_path, monkeypatch, capsys):
+    import revinterp.analysis.dla as dla_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("planted failure")
+
+    monkeypatch.setattr(dla_module, "direct_logit_attribution", broken)
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run_dir, run_dir)
+    assert main(["analyze", str(run_dir), "--quiet", "--max-pairs", "8"]) == 0
+    assert "forward.dla did not run: it failed with RuntimeError: planted failure" in capsys.readouterr().err
+    _, stages = load_results(run_dir)
+    forward = stages["forward"].numbers
+    assert forward["dla"]["skipped"]["failed"] and "skipped" in forward["attention"]  # its dependant says why
+    assert "skipped" not in forward["localize"] and "skipped" not in forward["logit_lens"]
+    assert {f.name for f in stages["forward"].figures} >= {"localize", "logit_lens"}
+    assert "dla" not in {f.name for f in stages["forward"].figures}
+    page = (run_dir / "report.html").read_text()
+    assert "Direct logit attribution: not run, since it failed with RuntimeError: planted failure" in page
+
+
+@pytest.mark.parametrize("counts, expected", [({3: 10}, None), ({3: 10, 5: 20, 11: 30}, 5), ({3: 10, 4: 2}, 3)])
+def test_prompts_longer_than_the_context_are_left_out(monkeypatch, counts, expected):
+    from types import SimpleNamespace
+
+    import revinterp.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "prompt_lengths", lambda run, splits: counts)
+    run = SimpleNamespace(config=SimpleNamespace(n_ctx=10))
+    assert pipeline.prompt_length_for(run, ("reverse_seen",)) == expected  # the most common length that fits
+    monkeypatch.setattr(pipeline, "prompt_lengths", lambda run, splits: {11: 4})
+    with pytest.raises(pipeline.Skip, match="longer than the model's context of 10"):
+        pipeline.prompt_length_for(run, ("reverse_seen",))

@@ -110,30 +110,48 @@ def behaviour_findings(numbers: dict) -> list[str]:
 
 
 def forward_findings(numbers: dict) -> list[str]:
-    if "skipped" in numbers:
-        return [skipped("Localization", numbers["skipped"])]
-    length = numbers["prompt_length"]
-    findings = [f"Prompt pairs: {numbers['n_pairs']} clean prompts of {numbers['split']}, each corrupted by another "
+    prompts = numbers["prompts"]
+    if "skipped" in prompts:
+        return [skipped("Localization", prompts["skipped"])]
+    length = prompts["prompt_length"]
+    findings = [f"Prompt pairs: {prompts['n_pairs']} clean prompts of {prompts['split']}, each corrupted by another "
                 "subject of the same split; metric: logit difference clean answer - corrupted answer."
-                + (f" The prompts have several lengths; those of {length} tokens are used." if length else "")]
-    for component, strongest in numbers["strongest"].items():
-        findings.append(f"Denoising {component}: the strongest site is {strongest['site']}, restoring "
-                        f"{num(strongest['normalized'])} of the clean logit difference (normalized: 0 corrupted, "
-                        "1 clean).")
+                + (f" The prompts have several lengths; those of {length} tokens are used "
+                   f"({prompts['n_prompts_left_out']} left out)." if length else "")]
+    sweeps = numbers["sweeps"]
+    if "skipped" in sweeps:
+        findings.append(skipped("Activation patching", sweeps["skipped"]))
+    else:
+        for component, strongest in sweeps["strongest"].items():
+            findings.append(f"Denoising {component}: the strongest site is {strongest['site']}, restoring "
+                            f"{num(strongest['normalized'])} of the clean logit difference (normalized: 0 corrupted, "
+                            "1 clean).")
     located = numbers["localize"]
-    findings.append(
-        f"Restoring only {len(located['chosen'])} site(s) together (" + ", ".join(located["chosen"])
-        + f") recovers {interval(located['recovered'])} of the clean logit difference, measured by patching them "
-          "jointly" + (f" - the target {located['target']:g} is reached." if located["reached"]
-                       else f" - short of the target {located['target']:g}.")
-    )
+    if "skipped" in located:
+        findings.append(skipped("Localization", located["skipped"]))
+    else:
+        findings.append(
+            f"Restoring only {len(located['chosen'])} site(s) together (" + ", ".join(located["chosen"])
+            + f") recovers {interval(located['recovered'])} of the clean logit difference, measured by patching them "
+              "jointly" + (f" - the target {located['target']:g} is reached." if located["reached"]
+                           else f" - short of the target {located['target']:g}.")
+        )
     dla = numbers["dla"]
-    top = sorted(dla["parts"], key=lambda part: -abs(part["mean"]))[:3]
-    findings.append("Direct logit attribution: the largest direct contributions to the logit difference are "
-                    + ", ".join(f"{part['label']} ({num(part['mean'])})" for part in top)
-                    + f" of a total {num(dla['total'])}.")
-    findings.append("Logit lens: the answer first ranks top for most prompts at "
-                    + (numbers["logit_lens"]["first_majority_top"] or "no layer") + ".")
+    if "skipped" in dla:
+        findings.append(skipped("Direct logit attribution", dla["skipped"]))
+    else:
+        top = sorted(dla["parts"], key=lambda part: -abs(part["mean"]))[:3]
+        findings.append("Direct logit attribution: the largest direct contributions to the logit difference are "
+                        + ", ".join(f"{part['label']} ({num(part['mean'])})" for part in top)
+                        + f" of a total {num(dla['total'])}.")
+    lens = numbers["logit_lens"]
+    if "skipped" in lens:
+        findings.append(skipped("Logit lens", lens["skipped"]))
+    else:
+        findings.append("Logit lens: the answer first ranks top for most prompts at "
+                        + (lens["first_majority_top"] or "no layer") + ".")
+    if "skipped" in numbers["attention"]:
+        findings.append(skipped("Attention views", numbers["attention"]["skipped"]))
     return findings
 
 
@@ -192,6 +210,9 @@ def reverse_findings(numbers: dict) -> list[str]:
         findings += [f"One SGD step on a {split} statement moves the other direction's answer logit by "
                      f"{interval(est)} times what it moves its own." for split, est in gradients["per_split"].items()]
     starvation = numbers["starvation"]
+    if "skipped" in starvation:
+        findings.append(skipped("Embedding starvation", starvation["skipped"]))
+        return findings
     shift = starvation["embed_shift"]
     findings.append(
         f"Embedding starvation: {starvation['n_starved']} of {starvation['n_held_out']} held-out questions have a "
@@ -204,9 +225,12 @@ def reverse_findings(numbers: dict) -> list[str]:
 
 def dynamics_findings(numbers: dict) -> list[str]:
     probability = numbers["probability"]
-    first, last = probability["steps"]
-    findings = [f"p(answer) on {name}: {start:.3f} at step {first} -> {end:.3f} at step {last}."
-                for name, (start, end) in probability["per_split"].items()]
+    if "skipped" in probability:
+        findings = [skipped("Behaviour over training", probability["skipped"])]
+    else:
+        first, last = probability["steps"]
+        findings = [f"p(answer) on {name}: {start:.3f} at step {first} -> {end:.3f} at step {last}."
+                    for name, (start, end) in probability["per_split"].items()]
     weights = numbers["weights"]
     if "skipped" in weights:
         findings.append(skipped("Effective weights over training", weights["skipped"]))
