@@ -84,6 +84,15 @@ class PromptPairs:
                 f"got {len(clean)} clean prompts, {len(corrupted)} corrupted prompts, {len(clean_answers)} "
                 f"clean answers and {len(corrupted_answers)} corrupted answers; expected equal counts"
             )
+        if not clean:
+            raise ValueError("no prompts: expected at least one clean prompt, one corrupted prompt and their answers")
+        for kind, texts in (("clean prompt", clean), ("corrupted prompt", corrupted), ("clean answer", clean_answers),
+                            ("corrupted answer", corrupted_answers)):
+            for i, text in enumerate(texts):
+                if not isinstance(text, str):
+                    raise ValueError(f"{kind} {i} is {text!r}, a {type(text).__name__}; expected a string of words")
+                if kind.endswith("answer") and not text.split():
+                    raise ValueError(f"{kind} {i} is {text!r}; expected at least one word")
         rows = [[tokenizer.bos_token_id, *encode_words(tokenizer, p.split())] for p in [*clean, *corrupted]]
         lengths = {len(r) for r in rows}
         if len(lengths) != 1:

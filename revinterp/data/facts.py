@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from revinterp.data.tokenizer import word_problem
 from revinterp.io import atomic_write_text
 
 MANIFEST_VERSION = 1
@@ -73,18 +74,67 @@ class Relation:
     template: str
 
     def __post_init__(self):
-        if not self.name or any(c.isspace() for c in self.name):
-            raise ValueError(f"relation name {self.name!r}: expected a non-empty name without spaces")
-        head, sep, tail = self.template.partition("{object}")
-        if not sep or tail.strip() or "{subject}" not in head:
+        for role, value in (("relation name", self.name), ("inverse", self.inverse)):
+            if role == "inverse" and value is None:
+                continue
+            problem = relation_name_problem(value)
+            if problem:
+                of = "" if role == "relation name" else f" of relation {self.name!r}"
+                raise ValueError(f"{role} {value!r}{of} {problem}; expected {RELATION_NAME}")
+        problem = template_problem(self.template)
+        if problem:
             raise ValueError(
-                f"template {self.template!r} of relation {self.name!r}: expected '{{subject}}' "
-                "somewhere and '{object}' at the very end"
+                f"template {self.template!r} of relation {self.name!r} {problem}; expected words separated by "
+                "spaces with '{subject}' once as a word of its own and '{object}' as the very last word"
             )
 
     def prompt_words(self, subject: str) -> list[str]:
-        """The words of the prompt for ``subject``, up to (not including) the object."""
-        return self.template.partition("{object}")[0].format(subject=subject).split()
+        """The words of the prompt for ``subject``, up to (not including) the object.
+
+        The subject is put in word for word, never formatted, so braces in it stay as they are.
+        """
+        words = self.template.split()[:-1]  # the last word is '{object}' (checked when built)
+        return [part for w in words for part in (subject.split() if w == "{subject}" else [w])]
+
+
+RELATION_NAME = "one word without braces, whitespace, control characters or the tokenizer's special tokens"
+
+
+def relation_name_problem(name) -> str | None:
+    """Why ``name`` cannot name a relation, or ``None`` when it can (see :data:`RELATION_NAME`).
+
+    A relation name is a word of the symbolic template (``{subject} NAME {object}``), so it must be one token, and it
+    may not hold format braces: ``{subject}`` or ``{0}`` as a relation name would be read as a placeholder.
+    """
+    if not isinstance(name, str):
+        return f"is a {type(name).__name__}, not a string"
+    if not name:
+        return "is empty"
+    if any(c.isspace() for c in name):
+        return "has spaces"
+    if "{" in name or "}" in name:
+        return "contains a format brace"
+    return word_problem(name)
+
+
+def template_problem(template) -> str | None:
+    """Why ``template`` cannot be a relation's template, or ``None`` when it can."""
+    if not isinstance(template, str):
+        return f"is a {type(template).__name__}, not a string"
+    words = template.split()
+    if words.count("{subject}") != 1:
+        return f"has '{{subject}}' as a word {words.count('{subject}')} times"
+    if not words or words[-1] != "{object}" or words.count("{object}") != 1:
+        return "does not end in '{object}' (once, as a word of its own)"
+    for w in words:
+        if w in ("{subject}", "{object}"):
+            continue
+        if "{" in w or "}" in w:
+            return f"has the word {w!r} with a format brace"
+        problem = word_problem(w)
+        if problem:
+            return f"has the word {w!r}, which {problem}"
+    return None
 
 
 @dataclass(frozen=True)

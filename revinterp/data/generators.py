@@ -17,6 +17,8 @@ multi-token entities from one shared token pool.
 from __future__ import annotations
 
 import itertools
+import math
+import numbers
 import random
 
 from revinterp.data.facts import (
@@ -25,10 +27,13 @@ from revinterp.data.facts import (
     CHAIN_COMPOSED_SEEN,
     CHAIN_FIRST_HOP,
     CHAIN_SECOND_HOP,
+    HELD_OUT_DIRECTIONS,
+    RELATION_NAME,
     FactSet,
     Relation,
     Statement,
     check_relations,
+    relation_name_problem,
     split_facts,
 )
 
@@ -46,6 +51,33 @@ NAMED_RELATIONS = (
 TEMPLATE_STYLES = ("symbolic", "natural")
 
 
+def check_count(name: str, value, minimum: int, maximum: int | None = None) -> None:
+    """Raise a ValueError naming ``name`` unless ``value`` is a whole number in ``[minimum, maximum]``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name}={value!r}: expected a whole number, got a {type(value).__name__}")
+    if value < minimum or (maximum is not None and value > maximum):
+        span = f"at least {minimum}" if maximum is None else f"{minimum} to {maximum}"
+        raise ValueError(f"{name}={value}: expected {span}")
+
+
+def check_fraction(name: str, value) -> None:
+    """Raise a ValueError naming ``name`` unless ``value`` is a number in [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name}={value!r}: expected a fraction in [0, 1], got a {type(value).__name__}")
+    if math.isnan(value) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name}={value}: expected a fraction in [0, 1]")
+
+
+def check_choice(name: str, value, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r}: expected one of {choices}")
+
+
+def check_seed(seed) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(f"seed={seed!r}: expected a whole number, got a {type(seed).__name__}")
+
+
 def relation_pair(index: int, n_relations: int, style: str) -> tuple[Relation, Relation]:
     """The ``index``-th forward relation and its inverse.
 
@@ -53,15 +85,14 @@ def relation_pair(index: int, n_relations: int, style: str) -> tuple[Relation, R
     relations of :data:`NAMED_RELATIONS`, written as one relation token (``symbolic``) or as an
     English phrase (``natural``).
     """
-    if style not in TEMPLATE_STYLES:
-        raise ValueError(f"template style {style!r}: expected one of {TEMPLATE_STYLES}")
+    check_choice("template", style, TEMPLATE_STYLES)
+    check_count("n_relations", n_relations, 1, len(NAMED_RELATIONS))
+    check_count("index", index, 0, n_relations - 1)
     if style == "symbolic" and n_relations == 1:
         return (
             Relation("->", "<-", SYMBOLIC_TEMPLATE % "->"),
             Relation("<-", "->", SYMBOLIC_TEMPLATE % "<-"),
         )
-    if not 1 <= n_relations <= len(NAMED_RELATIONS):
-        raise ValueError(f"n_relations={n_relations}: expected 1 to {len(NAMED_RELATIONS)}")
     fwd, inv, fwd_phrase, inv_phrase = NAMED_RELATIONS[index]
     if style == "symbolic":
         fwd_phrase, inv_phrase = fwd, inv
@@ -75,6 +106,9 @@ def entity_names(prefix: str, n: int, tokens_per_entity: int, alphabet_size: int
     """``n`` distinct entities, each ``tokens_per_entity`` tokens drawn from an alphabet of
     ``alphabet_size`` tokens ``{prefix}0 .. {prefix}{alphabet_size-1}`` (tokens are shared across
     entities when ``tokens_per_entity > 1``, as in the seed code)."""
+    check_count("n", n, 0)
+    check_count("tokens_per_entity", tokens_per_entity, 1)
+    check_count("alphabet_size", alphabet_size, 1)
     if alphabet_size**tokens_per_entity < n:
         raise ValueError(
             f"{n} entities of {tokens_per_entity} tokens need an alphabet with at least "
@@ -125,10 +159,15 @@ def seed_experiment(
             entities (a starvation control).
         seed: every random choice follows from it.
     """
-    if n_pairs < 2:
-        raise ValueError(f"n_pairs={n_pairs}: expected at least 2")
-    if tokens_per_entity < 1:
-        raise ValueError(f"tokens_per_entity={tokens_per_entity}: expected at least 1")
+    check_count("n_pairs", n_pairs, 2)
+    check_fraction("both_fraction", both_fraction)
+    check_choice("held_out_direction", held_out_direction, HELD_OUT_DIRECTIONS)
+    check_count("tokens_per_entity", tokens_per_entity, 1)
+    if alphabet_size is not None:
+        check_count("alphabet_size", alphabet_size, 1)
+    check_count("n_relations", n_relations, 1, len(NAMED_RELATIONS))
+    check_choice("template", template, TEMPLATE_STYLES)
+    check_seed(seed)
     if alphabet_size is None:
         alphabet_size = n_pairs
         if tokens_per_entity > 1:
@@ -175,8 +214,16 @@ def knowledge_graph(
     directions; on average an entity takes part in ``facts_per_entity`` facts, as subject or object,
     and so appears as an input of trained statements. Facts are split as in the seed experiment.
     """
-    if n_entities < 4:
-        raise ValueError(f"n_entities={n_entities}: expected at least 4")
+    check_count("n_entities", n_entities, 4)
+    check_count("n_relations", n_relations, 1, len(NAMED_RELATIONS))
+    if isinstance(facts_per_entity, bool) or not isinstance(facts_per_entity, numbers.Real) or not (
+        math.isfinite(facts_per_entity) and facts_per_entity > 0
+    ):
+        raise ValueError(f"facts_per_entity={facts_per_entity!r}: expected a positive number")
+    check_fraction("both_fraction", both_fraction)
+    check_choice("held_out_direction", held_out_direction, HELD_OUT_DIRECTIONS)
+    check_choice("template", template, TEMPLATE_STYLES)
+    check_seed(seed)
     per_relation = round(n_entities * facts_per_entity / (2 * n_relations))
     if not 1 <= per_relation <= n_entities:
         raise ValueError(
@@ -216,8 +263,11 @@ def with_attributes(facts: FactSet, *, n_values: int = 20, relation: str = "live
     relation has no inverse, and its statements form the ``attribute`` split. Every entity is then
     the subject of a trained statement, so its input embedding is trained.
     """
-    if n_values < 1:
-        raise ValueError(f"n_values={n_values}: expected at least 1")
+    check_count("n_values", n_values, 1)
+    check_seed(seed)
+    problem = relation_name_problem(relation)
+    if problem:
+        raise ValueError(f"relation={relation!r} {problem}; expected {RELATION_NAME}")
     if relation in facts.relations:
         raise ValueError(f"relation {relation!r} is already in the fact set")
     rng = random.Random(seed)
@@ -237,10 +287,9 @@ def chain_experiment(
 ) -> FactSet:
     """Transitivity data: ``x_i -> y_i``, ``y_i -> z_i`` and ``x_i ~> z_i``, with a random
     ``composed_held_out_fraction`` of the composed facts held out (Zhu et al. 2024, section 5)."""
-    if n_chains < 2:
-        raise ValueError(f"n_chains={n_chains}: expected at least 2")
-    if not 0.0 <= composed_held_out_fraction <= 1.0:
-        raise ValueError(f"composed_held_out_fraction={composed_held_out_fraction}: expected a fraction in [0, 1]")
+    check_count("n_chains", n_chains, 2)
+    check_fraction("composed_held_out_fraction", composed_held_out_fraction)
+    check_seed(seed)
     rng = random.Random(seed)
     xs, ys, zs = (rng.sample([f"{p}{i}" for i in range(n_chains)], n_chains) for p in "xyz")
     relations = check_relations([

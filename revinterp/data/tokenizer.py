@@ -13,12 +13,37 @@ check ``model.to_str_tokens(...)`` for ``<unk>`` when you call them on text of y
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
 TOKENIZER_NAME = "revinterp-wordlevel"
+
+
+def word_problem(word: str) -> str | None:
+    """Why ``word`` cannot be one token of the vocabulary, or ``None`` when it can.
+
+    The tokenizer splits text on whitespace, and it matches its special tokens *anywhere* in the text (``a<bos>b``
+    reads as ``a``, ``<bos>``, ``b``), so a word must hold no whitespace, no control character and no special
+    token. Other characters, ``<`` and ``>`` included, are plain word characters.
+
+    Example:
+        >>> word_problem("Smith"), word_problem("x<pad>")
+        (None, "contains the special token '<pad>'")
+    """
+    if not word:
+        return "is empty"
+    for token in SPECIAL_TOKENS:
+        if token in word:
+            return f"contains the special token {token!r}" if token != word else f"is the special token {token!r}"
+    for c in word:
+        if c.isspace():
+            return f"contains the whitespace character U+{ord(c):04X}"
+        if unicodedata.category(c) == "Cc":
+            return f"contains the control character U+{ord(c):04X}"
+    return None
 
 
 class UnknownWordError(KeyError):
@@ -39,9 +64,12 @@ def build_tokenizer(words: Iterable[str]):
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     words = list(words)
-    clash = [w for w in words if w in SPECIAL_TOKENS]
+    clash = [f"{w!r} {problem}" for w in words if (problem := word_problem(w))]
     if clash:
-        raise ValueError(f"words {clash} are reserved special tokens {SPECIAL_TOKENS}")
+        raise ValueError(
+            f"vocabulary word(s) {', '.join(clash[:5])}{' ...' if len(clash) > 5 else ''}: expected words "
+            f"without whitespace, control characters or the special tokens {SPECIAL_TOKENS}"
+        )
     if len(set(words)) != len(words):
         raise ValueError("the vocabulary has repeated words")
     vocab = {w: i for i, w in enumerate([*SPECIAL_TOKENS, *words])}
