@@ -13,108 +13,367 @@ CSV (header required)::
 JSONL::
 
     {"subject": "Alice Smith", "relation": "parent_of", "object": "Bob Smith", "inverse": "child_of"}
+
+What a file must hold:
+
+- UTF-8 text (a byte-order mark is accepted); other bytes are reported with their line and byte offset.
+- In JSONL, every field a string (a number, list, object or ``null`` is an error, never converted).
+- Names: words separated by spaces (tabs and runs of spaces count as one space; other whitespace, such as a
+  no-break space, and control characters are errors, since they would silently split or join words). No word may
+  contain one of the tokenizer's special tokens (``<pad>``, ``<bos>``, ``<eos>``, ``<unk>``): the tokenizer
+  matches them anywhere in the text. Other characters, ``<``, ``>`` and braces in entity names included, are data.
+- Relation and inverse names: one word each, without format braces (a relation named ``{subject}`` or ``{0}``
+  would read as a template placeholder).
+- At most :data:`MAX_FACTS` rows and :data:`MAX_WORDS` distinct words (``max_facts`` and ``max_words`` of
+  :func:`load_fact_file` change the limits): past them the file is refused as soon as the limit is crossed,
+  before anything is trained or written.
+
+Every problem the loader finds in the rows is reported at once, each with its line, in one
+:class:`FactFileError`.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import re
+import unicodedata
+from collections.abc import Iterator
 from pathlib import Path
 
-from revinterp.data.facts import FactSet, Relation, check_relations, split_facts
-from revinterp.data.generators import SYMBOLIC_TEMPLATE
-from revinterp.data.tokenizer import SPECIAL_TOKENS
+from revinterp.data.facts import HELD_OUT_DIRECTIONS, FactSet, Relation, check_relations, split_facts
+from revinterp.data.generators import SYMBOLIC_TEMPLATE, check_choice, check_count, check_fraction, check_seed
+from revinterp.data.tokenizer import SPECIAL_TOKENS, word_problem
 
 COLUMNS = ("subject", "relation", "object", "inverse")
+MAX_FACTS = 200_000
+"""Most fact rows a file may hold by default. A tiny model fits a few thousand facts in minutes; 200,000 facts
+(400,000 statements) already take hours to train on a CPU, and a file far past that is more likely a wrong file
+than an experiment."""
+MAX_WORDS = 500_000
+"""Most distinct words (the model's vocabulary) by default: the embedding and unembedding grow with it
+(500,000 words x d_model 128 x 2 is 128 million parameters, half a gigabyte per checkpoint)."""
+MAX_NAME_WORDS = 64
+"""Most words in one entity name by default (the model's context grows with the longest statement)."""
+SHOWN_PROBLEMS = 20
+"""Problems listed in one error; the rest are counted."""
+
+# Whitespace other than space, tab and line ends (a no-break space, U+3000 ...) and invisible characters that
+# would make two names look the same: refused rather than silently splitting or joining words.
+_HIDDEN = re.compile(r"[^\S \t\r\n]|[\u200b\u2060\ufeff]")
 
 
 class FactFileError(ValueError):
-    """A fact file that cannot be read as facts; the message names the file, row and value."""
+    """A fact file that cannot be read as facts; the message names the file, line and value."""
 
 
-def read_rows(path: Path) -> list[tuple[int, dict]]:
-    """``(line number, row)`` pairs from a CSV or JSONL file, chosen by its suffix."""
+class _Problems:
+    """The problems found so far in one file, each with its line."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.found: list[tuple[int, str]] = []
+
+    def add(self, line_no: int, message: str) -> None:
+        self.found.append((line_no, message))
+
+    def fatal(self, line_no: int | None, message: str) -> FactFileError:
+        """The error to raise now: ``message`` after every problem found before it."""
+        if line_no is not None:
+            self.add(line_no, message)
+            return self.error()
+        return FactFileError(f"{self.path}: {message}" + "".join(self.lines()))
+
+    def lines(self) -> list[str]:
+        shown = [f"\n  line {n}: {m}" for n, m in sorted(self.found, key=lambda p: p[0])[:SHOWN_PROBLEMS]]
+        if len(self.found) > SHOWN_PROBLEMS:
+            shown.append(f"\n  ... and {len(self.found) - SHOWN_PROBLEMS} more")
+        return shown
+
+    def error(self) -> FactFileError:
+        if len(self.found) == 1:
+            (line_no, message), = self.found
+            return FactFileError(f"{self.path}, line {line_no}: {message}")
+        return FactFileError(f"{self.path}: {len(self.found)} problems:" + "".join(self.lines()))
+
+
+def _decoded_lines(path: Path, problems: _Problems, bad_lines: set[int], progress: bool) -> Iterator[str]:
+    """The file's lines as text (line ends kept), reading it as UTF-8 one line at a time.
+
+    A line that is not UTF-8 is recorded as a problem (with its byte offset) and in ``bad_lines``, and yielded
+    with the bad bytes replaced, so the rest of the file is still checked.
+    """
+    from tqdm.auto import tqdm
+
+    try:
+        f = path.open("rb")
+    except OSError as e:
+        raise FactFileError(f"{path}: cannot read the fact file ({e.strerror})") from None
+    size = path.stat().st_size
+    with f, tqdm(total=size, unit="B", unit_scale=True, desc=f"reading {path.name}", disable=not progress,
+                 leave=False) as bar:
+        offset, pending = 0, 0
+        for line_no, raw in enumerate(f, start=1):
+            if line_no == 1:
+                if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+                    raise problems.fatal(None, "the file is UTF-16 text; expected UTF-8 (save it as UTF-8)")
+                body = raw.removeprefix(b"\xef\xbb\xbf")  # a byte-order mark, as spreadsheets write
+                start = offset + len(raw) - len(body)
+            else:
+                body, start = raw, offset
+            try:
+                text = body.decode("utf-8")
+            except UnicodeDecodeError as e:
+                bad_lines.add(line_no)
+                text = body.decode("utf-8", errors="replace")
+                problems.add(line_no, f"byte offset {start + e.start}: {body[e.start:e.end]!r} is not UTF-8 (in "
+                                      f"{_short(text.rstrip())}); expected a UTF-8 text file (save it as UTF-8)")
+            yield text
+            offset += len(raw)
+            pending += len(raw)
+            if pending > 1 << 20:
+                bar.update(pending)
+                pending = 0
+        bar.update(pending)
+
+
+def _csv_rows(path: Path, problems: _Problems, bad_lines: set[int], progress: bool):
+    """``(line number, row)`` pairs of a CSV file; a row is a dict of the header's columns."""
+    line_no = 0
+
+    def lines():
+        nonlocal line_no
+        for text in _decoded_lines(path, problems, bad_lines, progress):
+            line_no += 1
+            yield text
+
+    reader = csv.reader(lines())
+    header = None
+    end = 0  # the last line of the previous row
+    try:
+        for fields in reader:
+            first, end = end + 1, line_no
+            if header is None:
+                if not any(f.strip() for f in fields):
+                    continue
+                header = [f.strip() for f in fields]
+                repeated = sorted({c for c in header if c and header.count(c) > 1})
+                if repeated:
+                    raise problems.fatal(first, f"the header repeats column(s) {repeated}")
+                missing = [c for c in COLUMNS if c not in header]
+                if missing:
+                    hint = ""
+                    if len(header) == 1 and (sep := next((s for s in ";\t|" if s in header[0]), None)):
+                        hint = f" (the header looks separated by {sep!r}; expected commas)"
+                    raise problems.fatal(
+                        first, f"missing column(s) {missing}; expected a header with {list(COLUMNS)}, "
+                               f"got {header}{hint}"
+                    )
+                continue
+            if not fields:
+                continue  # a blank line
+            if any(n in bad_lines for n in range(first, end + 1)):
+                continue  # reported as not UTF-8
+            if len(fields) != len(header):
+                lacking = [c for c in COLUMNS if header.index(c) >= len(fields)]
+                detail = f"missing {lacking}" if lacking else "a name with a comma must be quoted"
+                problems.add(first, f"{len(fields)} field(s) but the header has {len(header)} ({detail}); "
+                                    f"expected one value per column {header}")
+                continue
+            yield first, dict(zip(header, fields))
+    except csv.Error as e:
+        if "new-line character" in str(e):
+            raise problems.fatal(line_no, "a line break inside an unquoted field (lines that end in a bare '\\r'?); "
+                                          "expected '\\n' or '\\r\\n' line ends and quotes around a name with a "
+                                          "line break") from None
+        raise problems.fatal(line_no, f"not valid CSV ({e})") from None
+    if header is None:
+        raise problems.fatal(None, f"empty file; expected a header line {','.join(COLUMNS)} and rows of facts")
+
+
+def _jsonl_rows(path: Path, problems: _Problems, bad_lines: set[int], progress: bool):
+    """``(line number, row)`` pairs of a JSONL file; string fields only."""
+    for line_no, line in enumerate(_decoded_lines(path, problems, bad_lines, progress), start=1):
+        if not line.strip() or line_no in bad_lines:
+            continue
+        try:
+            row = json.loads(line.strip())
+        except json.JSONDecodeError as e:
+            problems.add(line_no, f"not valid JSON ({e.msg} at column {e.colno})")
+            continue
+        if not isinstance(row, dict):
+            problems.add(line_no, f"expected a JSON object with fields {list(COLUMNS)}, got {_short(row)}")
+            continue
+        wrong = [c for c in COLUMNS if c in row and not isinstance(row[c], str)]
+        if wrong:
+            for c in wrong:
+                kind = "null" if row[c] is None else f"a JSON {_json_type(row[c])} ({_short(row[c])})"
+                problems.add(line_no, f"field {c!r} is {kind}; expected a string")
+            continue
+        yield line_no, row
+
+
+def _json_type(value) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    return {dict: "object", list: "array", int: "number", float: "number"}.get(type(value), type(value).__name__)
+
+
+def _short(value, limit: int = 60) -> str:
+    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def read_rows(path: Path, problems: _Problems | None = None, *, progress: bool = False):
+    """``(line number, row)`` pairs from a CSV or JSONL file, chosen by its suffix (rows are read lazily)."""
+    problems = problems or _Problems(path)
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise FactFileError(
-                    f"{path}: missing column(s) {missing}; expected a header with {list(COLUMNS)}, "
-                    f"got {reader.fieldnames}"
-                )
-            return [(reader.line_num, row) for row in reader]
+        return _csv_rows(path, problems, set(), progress)
     if suffix in (".jsonl", ".ndjson"):
-        rows = []
-        for line_no, line in enumerate(path.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise FactFileError(f"{path}, line {line_no}: not valid JSON ({e})") from None
-            if not isinstance(row, dict):
-                raise FactFileError(f"{path}, line {line_no}: expected a JSON object, got {row!r}")
-            rows.append((line_no, row))
-        return rows
+        return _jsonl_rows(path, problems, set(), progress)
     raise FactFileError(f"{path}: unknown fact file type {suffix!r}; expected .csv or .jsonl")
 
 
+def _name_problem(column: str, raw: str, value: str) -> str | None:
+    """Why the normalized ``value`` (read as ``raw``) of ``column`` cannot be used, or ``None``."""
+    hidden = _HIDDEN.search(raw)
+    if hidden:
+        c = hidden.group()
+        name = unicodedata.name(c, "unnamed")
+        return (f"{column} {raw!r} contains U+{ord(c):04X} ({name}); expected words separated by plain spaces, "
+                "without invisible characters")
+    if column in ("relation", "inverse"):
+        if " " in value:
+            return f"{column} {value!r} has spaces; expected one word"
+        if "{" in value or "}" in value:
+            return (f"{column} {value!r} contains a format brace; expected a relation name without '{{' or '}}' "
+                    "(it would read as a template placeholder)")
+    return None
+
+
 def load_fact_file(
-    path: str | Path, *, both_fraction: float = 0.7, held_out_direction: str = "random", seed: int = 0
+    path: str | Path,
+    *,
+    both_fraction: float = 0.7,
+    held_out_direction: str = "random",
+    seed: int = 0,
+    max_facts: int | None = None,
+    max_words: int | None = None,
+    max_name_words: int | None = None,
+    progress: bool = False,
 ) -> FactSet:
-    """Read a fact file and split its facts as :func:`revinterp.data.split_facts` does."""
+    """Read a fact file and split its facts as :func:`revinterp.data.split_facts` does.
+
+    Args:
+        path: a ``.csv`` or ``.jsonl`` file (see the module docstring for what it must hold).
+        both_fraction, held_out_direction, seed: as :func:`revinterp.data.split_facts`.
+        max_facts: most rows (default :data:`MAX_FACTS`); a file with more is refused when its row
+            ``max_facts + 1`` is read.
+        max_words: most distinct words of entity and relation names (default :data:`MAX_WORDS`).
+        max_name_words: most words in one entity name (default :data:`MAX_NAME_WORDS`).
+        progress: show a progress bar (bytes read) while the file loads.
+
+    Raises:
+        FactFileError: naming the file and, for each problem, its line and value; every problem in the rows is
+            reported at once.
+    """
     path = Path(path)
+    check_fraction("both_fraction", both_fraction)
+    check_choice("held_out_direction", held_out_direction, HELD_OUT_DIRECTIONS)
+    check_seed(seed)
+    max_facts = MAX_FACTS if max_facts is None else max_facts
+    max_words = MAX_WORDS if max_words is None else max_words
+    max_name_words = MAX_NAME_WORDS if max_name_words is None else max_name_words
+    check_count("max_facts", max_facts, 2)
+    check_count("max_words", max_words, 2)
+    check_count("max_name_words", max_name_words, 1)
     if not path.is_file():
-        raise FactFileError(f"{path}: no such fact file")
+        raise FactFileError(f"{path}: {'a directory, not a fact file' if path.is_dir() else 'no such fact file'}")
+    problems = _Problems(path)
     inverses: dict[str, str] = {}
     forward_relations: set[str] = set()  # of each relation pair, the one first used by a row
     by_question: dict[tuple[str, str], tuple[str, int]] = {}  # (subject, relation) -> (object, line)
     facts: list[tuple[str, str, str]] = []
     seen: set[tuple[str, str, str]] = set()
-    for line_no, row in read_rows(path):
-        where = f"{path}, line {line_no}"
-        values = {}
+    words: set[str] = set()  # every word checked so far
+    n_rows = 0
+    for line_no, row in read_rows(path, problems, progress=progress):
+        n_rows += 1
+        if n_rows > max_facts:
+            raise problems.fatal(
+                line_no, f"more than {max_facts:,} fact rows; expected at most {max_facts:,} (a larger file takes "
+                         "too long to train; to load it anyway pass max_facts= to load_fact_file)"
+            )
+        values, bad = {}, []
         for column in COLUMNS:
-            value = row.get(column)
-            if value is None:
-                raise FactFileError(f"{where}: missing {column!r}; expected fields {list(COLUMNS)}")
-            value = " ".join(str(value).split())
+            raw = row.get(column)
+            if raw is None:
+                bad.append(f"missing {column!r}; expected fields {list(COLUMNS)}")
+                continue
+            value = " ".join(raw.split())
             if not value:
-                raise FactFileError(f"{where}: empty {column!r}; expected a non-empty name")
-            values[column] = value
+                bad.append(f"empty {column!r}; expected a non-empty name")
+                continue
+            problem = _name_problem(column, raw, value)
+            if problem is None and column in ("subject", "object") and len(value.split()) > max_name_words:
+                problem = (f"{column} {_short(value)} has {len(value.split())} words; expected at most "
+                           f"{max_name_words} (max_name_words= of load_fact_file)")
+            if problem is None:
+                for w in value.split():
+                    if w not in words:
+                        if wp := word_problem(w):
+                            problem = (f"{column} {value!r}: the word {w!r} {wp}; expected words without the "
+                                       f"reserved token(s) {list(SPECIAL_TOKENS)} or control characters")
+                            break
+                        words.add(w)
+                if len(words) > max_words:
+                    raise problems.fatal(
+                        line_no, f"more than {max_words:,} distinct words; expected at most {max_words:,} (the "
+                                 "model's vocabulary; to load it anyway pass max_words= to load_fact_file)"
+                    )
+            if problem:
+                bad.append(problem)
+            else:
+                values[column] = value
+        if not bad and values["relation"] == values["inverse"]:
+            bad.append(f"relation {values['relation']!r} is declared as its own inverse; expected a different "
+                       "inverse name")
+        if bad:
+            for message in bad:
+                problems.add(line_no, message)
+            continue
         subject, relation, obj, inverse = (values[c] for c in COLUMNS)
-        for column in ("relation", "inverse"):
-            if " " in values[column]:
-                raise FactFileError(f"{where}: {column} {values[column]!r} has spaces; expected one word")
-        for column in ("subject", "object"):
-            bad = [w for w in values[column].split() if w in SPECIAL_TOKENS]
-            if bad:
-                raise FactFileError(f"{where}: {column} {values[column]!r} uses reserved token(s) {bad}")
-        if relation == inverse:
-            raise FactFileError(f"{where}: relation {relation!r} is declared as its own inverse")
+        clash = next(((name, inv) for name, inv in ((relation, inverse), (inverse, relation))
+                      if inverses.get(name, inv) != inv), None)
+        if clash:
+            name, inv = clash
+            problems.add(line_no, f"relation {name!r} declared with inverse {inv!r}; earlier rows declare "
+                                  f"{inverses[name]!r}")
+            continue
+        conflicts = [
+            f"({question[0]!r}, {question[1]!r}) -> {answer!r} conflicts with {earlier[0]!r} (line {earlier[1]}); "
+            "expected one answer per subject and relation"
+            for question, answer in (((subject, relation), obj), ((obj, inverse), subject))
+            if (earlier := by_question.get(question, (answer, line_no)))[0] != answer
+        ]
+        if conflicts:
+            for message in conflicts:
+                problems.add(line_no, message)
+            continue
         if relation not in inverses:
             forward_relations.add(relation)
-        for name, inv in ((relation, inverse), (inverse, relation)):
-            if inverses.setdefault(name, inv) != inv:
-                raise FactFileError(
-                    f"{where}: relation {name!r} declared with inverse {inv!r}; "
-                    f"earlier rows declare {inverses[name]!r}"
-                )
+        inverses[relation], inverses[inverse] = inverse, relation
         for question, answer in (((subject, relation), obj), ((obj, inverse), subject)):
-            earlier = by_question.setdefault(question, (answer, line_no))
-            if earlier[0] != answer:
-                raise FactFileError(
-                    f"{where}: ({question[0]!r}, {question[1]!r}) -> {answer!r} conflicts with "
-                    f"{earlier[0]!r} (line {earlier[1]}); expected one answer per subject and relation"
-                )
+            by_question.setdefault(question, (answer, line_no))
         if relation not in forward_relations:
             subject, relation, obj = obj, inverse, subject
         if (subject, relation, obj) in seen:
             continue
         seen.add((subject, relation, obj))
         facts.append((subject, relation, obj))
+    if problems.found:
+        raise problems.error()
     if len(facts) < 2:
         raise FactFileError(f"{path}: {len(facts)} fact(s); expected at least 2")
     relations = check_relations(Relation(n, inv, SYMBOLIC_TEMPLATE % n) for n, inv in inverses.items())
