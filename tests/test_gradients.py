@@ -99,3 +99,29 @@ def test_bad_inputs_raise_clear_errors(tiny_run):
         effects.estimate("forward_only", "actual_own_change")
     with pytest.raises(ValueError, match="no checkpoint at steps \\[7777\\]"):
         gradient_step_effects_over_training(tiny_run.path, checkpoints=[7777])
+
+
+def test_a_loaded_run_gives_the_same_effects_as_its_model_and_facts(tiny_run):
+    from_run = gradient_step_effects(tiny_run, splits=["forward_only"])
+    from_model = gradient_step_effects(tiny_run.model, tiny_run.facts, splits=["forward_only"],
+                                       tokenizer=tiny_run.tokenizer)
+    assert from_run.statements == from_model.statements
+    assert torch.equal(from_run.own_change, from_model.own_change)
+    assert torch.equal(from_run.counterpart_change, from_model.counterpart_change)
+
+
+def test_over_training_of_a_loaded_run_matches_its_directory_and_leaves_its_model(tiny_run, tiny_run_dir):
+    steps = [step for step, _ in list_checkpoints(tiny_run_dir)]
+    before = {k: v.clone() for k, v in tiny_run.model.state_dict().items()}
+    kwargs = dict(checkpoints=[steps[1], steps[-1]], splits=["forward_only"])
+    from_run = gradient_step_effects_over_training(tiny_run, **kwargs)
+    from_dir = gradient_step_effects_over_training(tiny_run_dir, device="cpu", **kwargs)
+    assert from_run.steps == from_dir.steps == (steps[1], steps[-1])
+    for a, b in zip(from_run.results, from_dir.results, strict=True):
+        assert torch.equal(a.own_change, b.own_change) and torch.equal(a.counterpart_change, b.counterpart_change)
+    # The last checkpoint is the final model: the same numbers as on the run's own model.
+    final = gradient_step_effects(tiny_run, splits=["forward_only"])
+    assert torch.equal(from_run.results[-1].own_change, final.own_change)
+    after = tiny_run.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.grad is None for p in tiny_run.model.parameters())

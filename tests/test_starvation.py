@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+import torch
 
 from revinterp.analysis.starvation import starvation_report, starved_questions, token_input_counts
 from revinterp.data import ATTRIBUTE, knowledge_graph, seed_experiment, with_attributes
@@ -64,3 +65,15 @@ def test_attribute_variant_moves_held_out_subject_embeddings(tmp_path, tiny_run_
     # with an attribute fact per entity they are trained like any other subject
     assert fed["held_out_subject"]["embed_gradient"] > 0.0
     assert fed["held_out_subject"]["embed_shift"] > 0.5 * fed["trained_subject"]["embed_shift"]
+
+
+def test_a_loaded_run_gives_the_same_report_as_its_directory_and_keeps_its_model(tiny_run, tiny_run_dir):
+    before = {k: v.clone() for k, v in tiny_run.model.state_dict().items()}
+    from_run = starvation_report(tiny_run)
+    from_dir = starvation_report(tiny_run_dir, device="cpu")
+    assert from_run.entities == from_dir.entities and from_run.starved == from_dir.starved
+    for name in ("input_count", "embed_shift", "unembed_shift", "embed_gradient", "unembed_gradient"):
+        assert torch.equal(getattr(from_run, name), getattr(from_dir, name)), name
+    after = tiny_run.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.grad is None for p in tiny_run.model.parameters())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
 
 from revinterp.analysis.weights import effective_weights, effective_weights_over_training
 from revinterp.data import seed_experiment
@@ -232,3 +234,62 @@ def test_bad_inputs_raise_clear_errors(tiny_run):
         result.estimate("reverse_held_out")
     with pytest.raises(ValueError, match="baseline='column'"):
         result.effect("column")
+
+
+class CountAutogradOutputs(TorchFunctionMode):
+    """Counts the tensors with a ``grad_fn`` that torch operations produce while active (an autograd graph)."""
+
+    def __init__(self):
+        super().__init__()
+        self.with_graph = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.with_graph += sum(isinstance(t, torch.Tensor) and t.grad_fn is not None for t in tree_leaves(out))
+        return out
+
+
+@pytest.mark.parametrize("path, scale", [("direct", "prompts"), ("ov", "prompts"), ("end_to_end", "none")])
+def test_effective_weights_build_no_autograd_graph(small_facts, path, scale):
+    """Every map is read without autograd: no operation inside yields a tensor with a grad_fn (with autograd on,
+    the same call produces hundreds), and no returned tensor requires grad."""
+    facts, _ = small_facts
+    model = small_model(small_facts, normalization_type="LN")
+    assert all(p.requires_grad for p in model.parameters())
+    with CountAutogradOutputs() as counter:
+        result = effective_weights(model, facts, path=path, scale=scale)
+    assert counter.with_graph == 0
+    tensors = [result.entry, result.row_baseline, result.split_baseline, *result.blocks.values()]
+    tensors += [result.attention] if result.attention is not None else []
+    assert all(t.grad_fn is None and not t.requires_grad for t in tensors)
+    assert torch.is_grad_enabled()  # restored after the call
+    # The check can fail: the same model run with autograd on produces graphs.
+    with CountAutogradOutputs() as counter:
+        model(torch.tensor([[0, 1, 2]]))
+    assert counter.with_graph > 0
+
+
+def test_a_loaded_run_gives_the_same_maps_as_its_model_and_facts(tiny_run):
+    from_run = effective_weights(tiny_run, path="ov", heads=[(0, 2)])
+    from_model = effective_weights(tiny_run.model, tiny_run.facts, path="ov", heads=[(0, 2)],
+                                   tokenizer=tiny_run.tokenizer)
+    assert from_run.statements == from_model.statements
+    assert torch.equal(from_run.entry, from_model.entry) and torch.equal(from_run.attention, from_model.attention)
+    with pytest.raises(ValueError, match="got a LoadedRun and facts"):
+        effective_weights(tiny_run, tiny_run.facts)
+
+
+def test_over_training_of_a_loaded_run_matches_its_directory_and_leaves_its_model(tiny_run, tiny_run_dir):
+    steps = [step for step, _ in list_checkpoints(tiny_run_dir)]
+    chosen = [steps[0], steps[len(steps) // 2]]
+    before = {k: v.clone() for k, v in tiny_run.model.state_dict().items()}
+    from_run = effective_weights_over_training(tiny_run, path="end_to_end", checkpoints=chosen)
+    from_dir = effective_weights_over_training(tiny_run_dir, path="end_to_end", checkpoints=chosen, device="cpu")
+    assert from_run.steps == from_dir.steps == tuple(chosen)
+    for a, b in zip(from_run.results, from_dir.results, strict=True):
+        assert a.step == b.step and torch.equal(a.entry, b.entry) and torch.equal(a.split_baseline, b.split_baseline)
+    assert not torch.equal(from_run.results[0].entry, from_run.results[1].entry)
+    after = tiny_run.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(ValueError, match="no checkpoint at steps \\[7777\\]"):
+        effective_weights_over_training(tiny_run, checkpoints=[7777])

@@ -24,7 +24,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from revinterp.analysis.checkpoints import as_loaded_run, iter_checkpoints
+from revinterp.models import LoadedRun
 from revinterp.stats import Estimate
+from revinterp.training import list_checkpoints
 
 Measure = Callable[[object, object], dict[str, "float | Estimate"]]
 
@@ -86,24 +89,26 @@ def collect(steps: list[int], records: list[dict[str, float | Estimate]]) -> Dyn
     return Dynamics(steps=tuple(steps), values=values, low=low, high=high)
 
 
-def track(run_dir: str | Path, measure: Measure, *, device=None, every: int = 1) -> Dynamics:
-    """Apply ``measure(model, facts)`` at every ``every``-th saved checkpoint of a run (and the last)."""
-    from revinterp.models import load_run, load_weights
-    from revinterp.training import list_checkpoints
+def track(run: str | Path | LoadedRun, measure: Measure, *, device=None, every: int = 1) -> Dynamics:
+    """Apply ``measure(model, facts)`` at every ``every``-th saved checkpoint of a run (and the last).
 
-    run = load_run(run_dir, device=device)
-    checkpoints = list_checkpoints(run_dir)
-    if not checkpoints:
-        raise ValueError(f"{run_dir}: no checkpoints; expected checkpoints/step_*.safetensors")
-    chosen = checkpoints[::every]
-    if chosen[-1] != checkpoints[-1]:
-        chosen.append(checkpoints[-1])
-    records = []
-    for _, path in chosen:
-        load_weights(run.model, path, run.config)
-        run.model.eval()
-        records.append(measure(run.model, run.facts))
-    return collect([step for step, _ in chosen], records)
+    Args:
+        run: a run directory written by :func:`revinterp.training.train`, or a loaded run (its model is left as
+            it is: the checkpoints go into a separate one, :func:`~revinterp.analysis.checkpoints.iter_checkpoints`).
+        measure: ``measure(model, facts) -> {name: number or Estimate}``.
+        device: where to load the model (default the loaded run's device, or
+            :func:`revinterp.models.default_device`).
+        every: measure every ``every``-th checkpoint (the last one always).
+    """
+    run = as_loaded_run(run, device=device)
+    steps = [step for step, _ in list_checkpoints(run.path)]
+    if not steps:
+        raise ValueError(f"{run.path}: no checkpoints; expected checkpoints/step_*.safetensors")
+    chosen = steps[::every]
+    if chosen[-1] != steps[-1]:
+        chosen.append(steps[-1])
+    records = [measure(model, run.facts) for _, model in iter_checkpoints(run, chosen, device=device)]
+    return collect(chosen, records)
 
 
 def behaviour_dynamics(run_dir: str | Path, quantity: str = "accuracy") -> Dynamics:

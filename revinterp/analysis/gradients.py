@@ -35,16 +35,18 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from revinterp.analysis.weights import _select_checkpoints
+from revinterp.analysis.checkpoints import as_loaded_run, iter_checkpoints
 from revinterp.data import SPLITS, FactSet, Statement, encode_statements
 from revinterp.evaluation import model_device
+from revinterp.models import LoadedRun, unpack_run
 from revinterp.stats import Estimate, bootstrap_ci, error_bars
 from revinterp.training import batch_loss
 
-METRICS = ("logit", "centered_logit", "logprob")
+GRADIENT_METRICS = ("logit", "centered_logit", "logprob")
+"""The quantities ``f`` whose change is measured (see the module docstring)."""
 
 __all__ = [
-    "METRICS", "GradientStepDynamics", "GradientStepEffects", "gradient_step_effects",
+    "GRADIENT_METRICS", "GradientStepDynamics", "GradientStepEffects", "gradient_step_effects",
     "gradient_step_effects_over_training",
 ]
 
@@ -63,7 +65,7 @@ class GradientStepEffects:
         actual_own_change: the real change after the SGD step (``None`` unless ``actual=True``).
         actual_counterpart_change: likewise for the counterpart.
         lr: the step size.
-        metric: one of :data:`METRICS`.
+        metric: one of :data:`GRADIENT_METRICS`.
         step: the training step of the weights, when known.
     """
 
@@ -172,8 +174,8 @@ class GradientStepEffects:
 
 
 def gradient_step_effects(
-    model,
-    facts: FactSet,
+    model_or_run,
+    facts: FactSet | None = None,
     *,
     splits: Sequence[str] | None = None,
     lr: float = 0.01,
@@ -194,28 +196,30 @@ def gradient_step_effects(
     (Zhu et al. 2024: a step on ``A -> B`` raises the forward logit by O(1) but the reverse one by O(1/d).)
 
     Args:
-        model: a ``TransformerBridge``; its weights are never modified (``actual`` and ``dtype`` work on a copy).
-        facts: the fact set.
+        model_or_run: a :class:`~revinterp.models.LoadedRun` (``gradient_step_effects(run)``), or a
+            ``TransformerBridge`` with its ``facts``; its weights are never modified (``actual`` and ``dtype`` work
+            on a copy).
+        facts: the fact set the model was trained on; only with a model, not with a run.
         splits: trained splits whose statements are stepped on (default every trained split that has statements
             with a counterpart, e.g. ``forward_seen``, ``forward_only``, ``reverse_seen``, ``reverse_only``).
         lr: SGD step size; the first-order changes are linear in it.
         metric: ``"logit"``, ``"centered_logit"`` or ``"logprob"`` (see the module docstring).
         actual: also take each step on a copy and record the real changes.
         dtype: compute on a copy in this dtype (e.g. ``torch.float64`` to validate against ``actual``).
-        tokenizer: default ``model.tokenizer``.
+        tokenizer: default the run's, or ``model.tokenizer``.
         step: the training step of the weights, recorded in the result.
 
     Example:
         >>> from revinterp.models import load_run                                    # doctest: +SKIP
         >>> run = load_run("runs/seed0")                                             # doctest: +SKIP
-        >>> effects = gradient_step_effects(run.model, run.facts)                   # doctest: +SKIP
+        >>> effects = gradient_step_effects(run)                                     # doctest: +SKIP
         >>> effects.ratio("forward_only")                                            # doctest: +SKIP
     """
-    if metric not in METRICS:
-        raise ValueError(f"metric={metric!r}: expected one of {METRICS}")
+    if metric not in GRADIENT_METRICS:
+        raise ValueError(f"metric={metric!r}: expected one of {GRADIENT_METRICS}")
     if not lr > 0:
         raise ValueError(f"lr={lr}: expected a positive step size")
-    tokenizer = tokenizer if tokenizer is not None else model.tokenizer
+    model, facts, tokenizer = unpack_run(model_or_run, facts, tokenizer)
     pairs = counterpart_pairs(facts, splits)
     if not pairs:
         raise ValueError(f"no trained statement of splits {splits} has a counterpart in the other direction; "
@@ -317,7 +321,7 @@ class GradientStepDynamics:
 
 
 def gradient_step_effects_over_training(
-    run_dir: str | Path,
+    run: str | Path | LoadedRun,
     *,
     checkpoints: Sequence[int] | None = None,
     device=None,
@@ -326,25 +330,21 @@ def gradient_step_effects_over_training(
     """:func:`gradient_step_effects` at every weight snapshot of a run (or the steps in ``checkpoints``).
 
     Args:
-        run_dir: a run directory written by :func:`revinterp.training.train`.
+        run: a run directory written by :func:`revinterp.training.train`, or a loaded run (its model is left as
+            it is: the checkpoints go into a separate one, :func:`~revinterp.analysis.checkpoints.iter_checkpoints`).
         checkpoints: training steps to read (default every snapshot, from step 0).
-        device: where to load the model (default :func:`revinterp.models.default_device`).
+        device: where to load the model (default the loaded run's device, or
+            :func:`revinterp.models.default_device`).
         **kwargs: passed to :func:`gradient_step_effects` (``splits``, ``lr``, ``metric``, ``actual``, ``dtype``).
 
     Example:
         >>> dyn = gradient_step_effects_over_training("runs/seed0", splits=["forward_only"])   # doctest: +SKIP
         >>> print(dyn.summary())                                                               # doctest: +SKIP
     """
-    from revinterp.models import load_run, load_weights
-    from revinterp.training import list_checkpoints
-
-    available = _select_checkpoints(run_dir, list_checkpoints(run_dir), checkpoints)
-    run = load_run(run_dir, checkpoint=available[0][1], device=device)
-    results = []
-    for step, path in available:
-        load_weights(run.model, path, run.config)
-        results.append(gradient_step_effects(run.model, run.facts, tokenizer=run.tokenizer, step=step, **kwargs))
-    return GradientStepDynamics(steps=tuple(s for s, _ in available), results=tuple(results))
+    run = as_loaded_run(run, device=device)
+    results = [gradient_step_effects(model, run.facts, tokenizer=run.tokenizer, step=step, **kwargs)
+               for step, model in iter_checkpoints(run, checkpoints, device=device)]
+    return GradientStepDynamics(steps=tuple(r.step for r in results), results=tuple(results))
 
 
 # == helpers ======================================================================================

@@ -23,8 +23,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from revinterp.analysis.checkpoints import as_loaded_run, iter_checkpoints
 from revinterp.data import FactSet, Statement, encode_statements
 from revinterp.data.tokenizer import encode_words
+from revinterp.models import LoadedRun
+from revinterp.training import batch_loss, list_checkpoints, read_training_config
 
 
 def token_input_counts(facts: FactSet, tokenizer) -> Int[Tensor, " d_vocab"]:
@@ -126,17 +129,24 @@ def entity_roles(facts: FactSet) -> dict[str, tuple[str, ...]]:
     return {k: tuple(sorted(v)) for k, v in roles.items()}
 
 
-def starvation_report(run_dir: str | Path, *, device=None) -> StarvationReport:
-    """The starvation diagnostic of a trained run (reads its checkpoints)."""
-    from revinterp.models import load_run, load_weights
-    from revinterp.training import batch_loss, list_checkpoints, read_training_config
+def starvation_report(run: str | Path | LoadedRun, *, device=None) -> StarvationReport:
+    """The starvation diagnostic of a trained run (reads its checkpoints).
 
-    run = load_run(run_dir, device=device)
-    facts, tok, model = run.facts, run.tokenizer, run.model
-    checkpoints = list_checkpoints(run_dir)
+    Args:
+        run: a run directory written by :func:`revinterp.training.train`, or a loaded run (its model is left as
+            it is: the checkpoints go into a separate one, :func:`~revinterp.analysis.checkpoints.iter_checkpoints`).
+        device: where to load the model (default the loaded run's device, or
+            :func:`revinterp.models.default_device`).
+
+    Example:
+        >>> print(starvation_report("runs/seed0").summary())                             # doctest: +SKIP
+    """
+    run = as_loaded_run(run, device=device)
+    facts, tok = run.facts, run.tokenizer
+    checkpoints = list_checkpoints(run.path)
     if len(checkpoints) < 2:
-        raise ValueError(f"{run_dir}: {len(checkpoints)} checkpoint(s); expected the initial and at least one more")
-    loss_kind = read_training_config(run_dir).loss
+        raise ValueError(f"{run.path}: {len(checkpoints)} checkpoint(s); expected the initial and at least one more")
+    loss_kind = read_training_config(run.path).loss
     data = encode_statements(facts, facts.train, tok)
     entities = tuple(sorted({s.subject for s in facts.statements} | {s.object for s in facts.statements}))
     token_rows = [torch.tensor(encode_words(tok, e.split())) for e in entities]
@@ -147,8 +157,7 @@ def starvation_report(run_dir: str | Path, *, device=None) -> StarvationReport:
     embed_grad = torch.zeros(len(tok))
     unembed_grad = torch.zeros(len(tok))
     weights = {}
-    for step, path in checkpoints:
-        load_weights(model, path, run.config)
+    for step, model in iter_checkpoints(run, device=device):
         embed = model.embed._original_component.weight
         unembed = model.unembed._original_component.weight
         weights[step] = (embed.detach().cpu().clone(), unembed.detach().cpu().clone())

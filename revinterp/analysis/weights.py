@@ -65,9 +65,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from revinterp.analysis.checkpoints import as_loaded_run, iter_checkpoints
 from revinterp.data import SPLITS, FactSet, Statement
 from revinterp.data.tokenizer import encode_words
 from revinterp.evaluation import model_device
+from revinterp.models import LoadedRun, unpack_run
 from revinterp.stats import Estimate, bootstrap_ci, error_bars
 
 PATHS = ("direct", "ov", "end_to_end")
@@ -247,16 +249,16 @@ class EffectiveWeights:
         return "\n".join(lines)
 
 
-@torch.no_grad()
 def single_token_entities(statements: Iterable[Statement]) -> bool:
     """Whether every subject and object of ``statements`` (e.g. ``facts.statements``) is one token (word): the
     effective-weight maps are token-to-token and need it."""
     return all(len(s.subject.split()) == 1 and len(s.object.split()) == 1 for s in statements)
 
 
+@torch.no_grad()
 def effective_weights(
-    model,
-    facts: FactSet,
+    model_or_run,
+    facts: FactSet | None = None,
     *,
     path: str = "direct",
     scale: str = "none",
@@ -276,16 +278,21 @@ def effective_weights(
     each row centred over the vocabulary, restricted to the entity blocks and compared with the non-fact entries of
     the same block (see the module docstring, also for the LayerNorm treatment).
 
+    Runs without autograd: no graph is built for any map.
+
     Args:
-        model: a ``TransformerBridge``; it is not modified (the direct and OV maps use a compatibility-mode copy).
-        facts: the fact set; its entities must be single tokens.
+        model_or_run: a :class:`~revinterp.models.LoadedRun` (``effective_weights(run)``), or a
+            ``TransformerBridge`` with its ``facts``; it is not modified (the direct and OV maps use a
+            compatibility-mode copy).
+        facts: the fact set the model was trained on (only with a model, not with a run); its entities must be
+            single tokens.
         path: ``"direct"``, ``"ov"`` or ``"end_to_end"``.
         scale: ``"none"`` or ``"prompts"`` (direct and OV paths only; LayerNorm scales and, for OV, the attention to
             the subject, measured on the prompts).
         splits: keep the statements of these splits (default every split); blocks and baselines always use every
             statement of the relation.
         heads: for ``path="ov"``, the ``(layer, head)`` pairs to read (default every head).
-        tokenizer: default ``model.tokenizer``.
+        tokenizer: default the run's, or ``model.tokenizer``.
         step: the training step of the weights, recorded in the result.
 
     Returns:
@@ -294,7 +301,7 @@ def effective_weights(
     Example:
         >>> from revinterp.models import load_run                                        # doctest: +SKIP
         >>> run = load_run("runs/seed0")                                                 # doctest: +SKIP
-        >>> ew = effective_weights(run.model, run.facts, path="end_to_end")              # doctest: +SKIP
+        >>> ew = effective_weights(run, path="end_to_end")                               # doctest: +SKIP
         >>> ew.estimate("reverse_held_out"), ew.asymmetry()                              # doctest: +SKIP
     """
     if path not in PATHS:
@@ -305,7 +312,7 @@ def effective_weights(
         raise ValueError("scale='prompts' applies to the direct and OV paths; the end-to-end map is exact already")
     if heads is not None and path != "ov":
         raise ValueError(f"heads={heads!r} given for path={path!r}; heads select OV maps (path='ov')")
-    tokenizer = tokenizer if tokenizer is not None else model.tokenizer
+    model, facts, tokenizer = unpack_run(model_or_run, facts, tokenizer)
     keep = set(splits) if splits is not None else None
     if keep is not None and (unknown := keep - set(SPLITS)):
         raise ValueError(f"unknown splits {sorted(unknown)}; expected names from {list(SPLITS)}")
@@ -432,7 +439,7 @@ class EffectiveWeightsDynamics:
 
 
 def effective_weights_over_training(
-    run_dir: str | Path,
+    run: str | Path | LoadedRun,
     *,
     checkpoints: Sequence[int] | None = None,
     device=None,
@@ -441,26 +448,21 @@ def effective_weights_over_training(
     """:func:`effective_weights` at every weight snapshot of a run (or the steps in ``checkpoints``).
 
     Args:
-        run_dir: a run directory written by :func:`revinterp.training.train`.
+        run: a run directory written by :func:`revinterp.training.train`, or a loaded run (its model is left as
+            it is: the checkpoints go into a separate one, :func:`~revinterp.analysis.checkpoints.iter_checkpoints`).
         checkpoints: training steps to read (default every snapshot, from step 0).
-        device: where to load the model (default :func:`revinterp.models.default_device`).
+        device: where to load the model (default the loaded run's device, or
+            :func:`revinterp.models.default_device`).
         **kwargs: passed to :func:`effective_weights` (``path``, ``scale``, ``splits``, ``heads``).
 
     Example:
         >>> dyn = effective_weights_over_training("runs/seed0", path="end_to_end")   # doctest: +SKIP
         >>> print(dyn.summary())                                                      # doctest: +SKIP
     """
-    from revinterp.models import load_run, load_weights
-    from revinterp.training import list_checkpoints
-
-    available = _select_checkpoints(run_dir, list_checkpoints(run_dir), checkpoints)
-    run = load_run(run_dir, checkpoint=available[0][1], device=device)
-    results = []
-    for step, ckpt in available:
-        load_weights(run.model, ckpt, run.config)
-        run.model.eval()
-        results.append(effective_weights(run.model, run.facts, tokenizer=run.tokenizer, step=step, **kwargs))
-    return EffectiveWeightsDynamics(steps=tuple(s for s, _ in available), results=tuple(results))
+    run = as_loaded_run(run, device=device)
+    results = [effective_weights(model, run.facts, tokenizer=run.tokenizer, step=step, **kwargs)
+               for step, model in iter_checkpoints(run, checkpoints, device=device)]
+    return EffectiveWeightsDynamics(steps=tuple(r.step for r in results), results=tuple(results))
 
 
 # == helpers ======================================================================================
@@ -491,20 +493,6 @@ def _weight_maps(
         final = _ln_scale(cache, "ln_final", prompts.shape[1] - 1)
         maps = maps * (attention / (ln1 * final[None]))[..., None]
     return maps, attention
-
-
-def _select_checkpoints(run_dir, available: list[tuple[int, Path]], steps: Sequence[int] | None
-                        ) -> list[tuple[int, Path]]:
-    """The ``(step, path)`` snapshots at ``steps`` (default all), with an error naming missing steps."""
-    if not available:
-        raise ValueError(f"{run_dir}: no weight checkpoints (checkpoints/step_*.safetensors)")
-    if steps is None:
-        return available
-    by_step = dict(available)
-    missing = [s for s in steps if s not in by_step]
-    if missing:
-        raise ValueError(f"{run_dir}: no checkpoint at steps {missing}; available: {sorted(by_step)}")
-    return [(s, by_step[s]) for s in steps]
 
 
 def _entity_blocks(facts: FactSet) -> dict[str, tuple[list[str], list[str], list[Statement]]]:
