@@ -150,3 +150,160 @@ def test_fact_file_type_and_json_errors(tmp_path):
         load_fact_file(write(tmp_path, "f.jsonl", row + "\n{oops\n"))
     with pytest.raises(FactFileError, match="no such fact file"):
         load_fact_file(tmp_path / "missing.csv")
+
+
+def test_relations_refuse_format_braces_and_special_tokens():
+    from revinterp.data import Relation
+
+    for name in ("{subject}", "{0}", "{foo}", "a}b"):
+        with pytest.raises(ValueError, match=r"relation name .* contains a format brace; expected one word"):
+            Relation(name, None, "{subject} r {object}")
+    with pytest.raises(ValueError, match=r"inverse '<bos>' of relation 'r' is the special token '<bos>'"):
+        Relation("r", "<bos>", "{subject} r {object}")
+    for template, message in [
+        ("{subject} is {0} of {object}", r"the word '\{0\}' with a format brace"),
+        ("{subject}'s parent {object}", r"'\{subject\}' as a word 0 times"),
+        ("{subject} {subject} r {object}", r"'\{subject\}' as a word 2 times"),
+        ("{subject} r {object} .", r"does not end in '\{object\}'"),
+        ("{subject} x<eos> {object}", "contains the special token '<eos>'"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            Relation("r", None, template)
+    # the subject is put in word for word: braces in an entity name are never read as placeholders
+    r = Relation("r", None, "{subject} is the r of {object}")
+    assert r.prompt_words("{object} {0}") == ["{object}", "{0}", "is", "the", "r", "of"]
+
+
+def test_tokenizer_refuses_words_that_hold_a_special_token():
+    from revinterp.data import build_tokenizer
+    from revinterp.data.tokenizer import word_problem
+
+    with pytest.raises(ValueError, match=r"'a<bos>b' contains the special token '<bos>'"):
+        build_tokenizer(["a", "a<bos>b"])
+    assert word_problem("</script><svg/onload=alert(1)>") is None  # data; the report escapes it
+    assert word_problem("a\tb") == "contains the whitespace character U+0009"
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: seed_experiment(10, n_relations=0), r"n_relations=0: expected 1 to 6"),
+    (lambda: seed_experiment(10, n_relations=-1), r"n_relations=-1: expected 1 to 6"),
+    (lambda: seed_experiment(1), r"n_pairs=1: expected at least 2"),
+    (lambda: seed_experiment(10, both_fraction=1.01), r"both_fraction=1.01: expected a fraction in \[0, 1\]"),
+    (lambda: seed_experiment(10, both_fraction=float("nan")), r"both_fraction=nan"),
+    (lambda: seed_experiment(10, held_out_direction="up"), r"held_out_direction='up': expected one of"),
+    (lambda: seed_experiment(10, template="poetic"), r"template='poetic': expected one of"),
+    (lambda: seed_experiment(10, alphabet_size=0), r"alphabet_size=0: expected at least 1"),
+    (lambda: seed_experiment(10, tokens_per_entity=-1), r"tokens_per_entity=-1: expected at least 1"),
+    (lambda: chain_experiment(10, composed_held_out_fraction=-0.5), r"composed_held_out_fraction=-0.5"),
+    (lambda: chain_experiment(True), r"n_chains=True: expected a whole number, got a bool"),
+])
+def test_generators_refuse_impossible_options_before_any_work(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_generator_option_checks_name_wrong_types():
+    # (under pytest, jaxtyping's import hook refuses a wrong type at the call already; without it these checks do)
+    from revinterp.data.generators import check_count, check_fraction, check_seed
+
+    for check, args, message in [
+        (check_count, ("n_pairs", 2.5, 2), r"n_pairs=2.5: expected a whole number, got a float"),
+        (check_count, ("n_pairs", True, 2), r"n_pairs=True: expected a whole number, got a bool"),
+        (check_count, ("n_relations", 7, 1, 6), r"n_relations=7: expected 1 to 6"),
+        (check_fraction, ("both_fraction", "0.5"), r"both_fraction='0.5': expected a fraction in \[0, 1\], got a str"),
+        (check_fraction, ("both_fraction", float("inf")), r"both_fraction=inf: expected a fraction in \[0, 1\]"),
+        (check_seed, (1.5,), r"seed=1.5: expected a whole number, got a float"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            check(*args)
+
+
+def test_knowledge_graph_and_attributes_refuse_impossible_options():
+    from revinterp.data import knowledge_graph, with_attributes
+
+    with pytest.raises(ValueError, match=r"n_relations=0: expected 1 to 6"):
+        knowledge_graph(20, n_relations=0)
+    with pytest.raises(ValueError, match=r"facts_per_entity=0: expected a positive number"):
+        knowledge_graph(20, facts_per_entity=0)
+    with pytest.raises(ValueError, match=r"relation='\{subject\}' contains a format brace"):
+        with_attributes(seed_experiment(4), relation="{subject}")
+    with pytest.raises(ValueError, match=r"relation='<unk>' is the special token"):
+        with_attributes(seed_experiment(4), relation="<unk>")
+
+
+def test_prompt_pairs_from_no_prompts_is_an_error():
+    from revinterp.analysis.prompts import PromptPairs
+    from revinterp.data import build_tokenizer
+
+    tokenizer = build_tokenizer(["a", "b", "->"])
+    with pytest.raises(ValueError, match="no prompts: expected at least one"):
+        PromptPairs.from_prompts(tokenizer, [], [], [], [])
+    with pytest.raises(ValueError, match="clean answer 0 is ''; expected at least one word"):
+        PromptPairs.from_prompts(tokenizer, ["a ->"], ["b ->"], [""], ["a"])
+    pairs = PromptPairs.from_prompts(tokenizer, ["a ->"], ["b ->"], ["b"], ["a"])
+    assert len(pairs) == 1
+
+
+HEADER = "subject,relation,object,inverse\n"
+
+
+def test_fact_file_reports_every_problem_at_once(tmp_path):
+    rows = "".join(f"a{i},r,b{i},q\na{i},r,c{i},q\n" for i in range(30))  # 30 conflicts
+    with pytest.raises(FactFileError, match=r"30 problems:\n  line 3: .*\n  line 5: ") as error:
+        load_fact_file(write(tmp_path, "f.csv", HEADER + rows))
+    assert str(error.value).count("conflicts with") == 20 and "... and 10 more" in str(error.value)
+    mixed = HEADER + "a,{x},b,q\n,r,c,q\nd,r,e,q\nd,r,f,q\n"
+    with pytest.raises(FactFileError) as error:
+        load_fact_file(write(tmp_path, "g.csv", mixed))
+    assert [line.split(":")[0] for line in str(error.value).splitlines()[1:]] == ["  line 2", "  line 3", "  line 5"]
+
+
+def test_fact_file_limits_are_keywords(tmp_path):
+    path = write(tmp_path, "f.csv", HEADER + "".join(f"a{i} x,r,b{i},q\n" for i in range(6)))
+    assert len(load_fact_file(path).statements) == 12
+    with pytest.raises(FactFileError, match=r"f\.csv, line 5: more than 3 fact rows; expected at most 3"):
+        load_fact_file(path, max_facts=3)
+    with pytest.raises(FactFileError, match=r"line 4: more than 8 distinct words; expected at most 8"):
+        load_fact_file(path, max_words=8)
+    with pytest.raises(FactFileError, match=r"line 2: subject 'a0 x' has 2 words; expected at most 1"):
+        load_fact_file(path, max_name_words=1)
+    with pytest.raises(ValueError, match=r"max_facts=0: expected at least 2"):
+        load_fact_file(path, max_facts=0)
+    with pytest.raises(ValueError, match=r"both_fraction=2.0: expected a fraction"):
+        load_fact_file(path, both_fraction=2.0)
+
+
+def test_fact_file_progress_bar(tmp_path, capsys):
+    path = write(tmp_path, "f.csv", HEADER + "a,r,b,q\nc,r,d,q\n")
+    assert load_fact_file(path, progress=True) == load_fact_file(path)
+    assert "reading f.csv" in capsys.readouterr().err
+    load_fact_file(path)
+    assert capsys.readouterr().err == ""
+
+
+def test_fact_file_csv_dialect_details(tmp_path):
+    # spaces after the header's commas, CRLF line ends, a quoted name with a comma and one with a line break
+    text = ('subject, relation , object,inverse\r\n"Ash, Ada",r,b,q\r\n"Cleo\r\nCedar",r,d,q\r\n'
+            "e,r,\t f  g ,q\r\n")
+    facts = load_fact_file(write(tmp_path, "f.csv", text))
+    assert {s.subject for s in facts.statements if s.direction == "forward"} == {"Ash, Ada", "Cleo Cedar", "e"}
+    assert "f g" in {s.object for s in facts.statements}
+    # the line of a row is its first line, also after a row that spans two
+    with pytest.raises(FactFileError, match=r"line 4: relation '\{r\}'"):
+        load_fact_file(write(tmp_path, "g.csv", HEADER + 'a,r,"b\nc",q\nd,{r},e,q\nf,r,g,q\n'))
+
+
+def test_fact_file_encodings(tmp_path):
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbf" + (HEADER + "a,r,b,q\nc,r,d,q\n").encode())
+    assert len(load_fact_file(bom).statements) == 4
+    latin = tmp_path / "latin.jsonl"
+    good = b'{"subject": "a", "relation": "r", "object": "b", "inverse": "q"}\n'
+    latin.write_bytes(good + b'{"subject": "Zo\xeb", "relation": "r", "object": "c", "inverse": "q"}\n')
+    with pytest.raises(FactFileError, match=rf"latin\.jsonl, line 2: byte offset {len(good) + 15}: b'\\xeb' is not "
+                                            "UTF-8"):
+        load_fact_file(latin)
+    # a JSON string may hold U+2028 (a line separator to str.splitlines): still one line
+    sep = '{"subject": "a\u2028b", "relation": "r", "object": "b", "inverse": "q"}\n'
+    with pytest.raises(FactFileError, match=r"line 1: subject 'a\\u2028b' contains U\+2028 \(LINE SEPARATOR\)"):
+        load_fact_file(write(tmp_path, "sep.jsonl", sep + good.decode()))
