@@ -1,5 +1,5 @@
-"""Answer-identity probes: the fitting routine on planted signals, and the analysis on the tiny trained run
-checked against probes computed by hand."""
+"""Answer-identity probes: the analysis on the tiny trained run checked against probes computed by hand (the probe
+itself is tested on planted signals in test_probing.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from dataclasses import replace
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from revinterp.analysis.probes import ProbeResult, fit_identity_probe, normalize_targets, probe_answer_identity
+from revinterp.analysis.probes import ProbeResult, probe_answer_identity
+from revinterp.analysis.probing import fit_identity_probe, normalize_targets
 from revinterp.data import (
     CHAIN_COMPOSED_HELD_OUT,
     CHAIN_COMPOSED_SEEN,
@@ -22,69 +22,6 @@ from revinterp.data import (
 )
 from revinterp.data.tokenizer import encode_words
 from revinterp.models import MODEL_PRESETS, build_model, config_for_data
-
-
-# == the fitting routine ==========================================================================
-def planted_signal(n_classes=200, code_dim=16, d_features=48, noise=0.3, seed=0):
-    """One example per class: features = code @ R + noise, for a fixed random linear map R (codes centred and
-    unit-norm, as the analysis prepares its targets)."""
-    gen = torch.Generator().manual_seed(seed)
-    codes = normalize_targets(torch.randn(n_classes, code_dim, generator=gen))
-    mixing = torch.randn(code_dim, d_features, generator=gen)
-    features = codes @ mixing + noise * torch.randn(n_classes, d_features, generator=gen)
-    return codes, features
-
-
-def test_probe_decodes_unseen_classes_of_a_planted_linear_signal():
-    codes, x = planted_signal()
-    train, test = torch.arange(120), torch.arange(120, 200)
-    probe = fit_identity_probe(x[train], train, codes)
-    # Test classes were never in the probe's softmax; decoded among all 200 (chance 0.005).
-    assert (probe.predict(x[test], codes) == test).float().mean().item() >= 0.95
-    assert (probe.predict(x[train], codes) == train).float().mean().item() == 1.0
-
-
-def test_probe_on_shuffled_labels_is_at_chance_on_unseen_classes():
-    codes, x = planted_signal()
-    train, test = torch.arange(120), torch.arange(120, 200)
-    shuffled = train[torch.randperm(120, generator=torch.Generator().manual_seed(1))]
-    probe = fit_identity_probe(x[train], shuffled, codes)
-    # 80 test rows, chance 1/200: more than 4 hits would mean the control learned the real map.
-    assert (probe.predict(x[test], codes) == test).float().mean().item() <= 0.05
-
-
-def test_probe_on_pure_noise_is_at_chance():
-    gen = torch.Generator().manual_seed(2)
-    codes, x = normalize_targets(torch.randn(200, 16, generator=gen)), torch.randn(200, 48, generator=gen)
-    probe = fit_identity_probe(x[:120], torch.arange(120), codes)
-    assert (probe.predict(x[120:], codes) == torch.arange(120, 200)).float().mean().item() <= 0.05
-
-
-def test_fit_is_the_regularised_optimum():
-    codes, x = planted_signal(n_classes=60, noise=1.0)
-    labels, weight_decay = torch.arange(40), 0.3
-    probe = fit_identity_probe(x[:40], labels, codes, weight_decay=weight_decay)
-    # Recompute the objective from its definition and check its gradient vanishes at the returned W.
-    z = (x[:40].double() - x[:40].double().mean(0)) / probe.scale
-    w = probe.weight.clone().requires_grad_(True)
-    t = codes.double()[:40]
-    loss = F.cross_entropy(z @ w @ t.T, labels) + 0.5 * weight_decay * w.pow(2).sum()
-    (grad,) = torch.autograd.grad(loss, w)
-    assert grad.norm().item() <= 1e-5 * max(probe.weight.norm().item(), 1.0)
-    assert probe.scale == pytest.approx((x[:40].double() - x[:40].double().mean(0)).pow(2).mean().sqrt().item())
-
-
-def test_classes_absent_from_the_labels_do_not_change_the_fit():
-    codes, x = planted_signal(n_classes=60)
-    with_unseen = fit_identity_probe(x[:40], torch.arange(40), codes)
-    seen_only = fit_identity_probe(x[:40], torch.arange(40), codes[:40])
-    torch.testing.assert_close(with_unseen.weight, seen_only.weight, rtol=1e-6, atol=1e-8)
-
-
-def test_constant_features_score_every_candidate_zero():
-    codes = torch.randn(10, 4)
-    probe = fit_identity_probe(torch.ones(6, 8), torch.arange(6), codes)
-    assert torch.equal(probe.scores(torch.ones(3, 8), codes), torch.zeros(3, 10))
 
 
 # == the analysis on the tiny trained run =========================================================
@@ -194,6 +131,14 @@ def test_frame_plot_and_summary_agree_with_the_result(reverse_probe):
     assert len(examples) == 6 * (2 * n_train + n_test + 2 * n_train + 2 * n_test)
     assert len(r.plot().data) == 5 * 3
     assert "chance 0.025" in r.summary()
+
+
+def test_a_loaded_run_gives_the_same_probes_as_its_model_and_facts(reverse_probe, tiny_run):
+    from_run = probe_answer_identity(tiny_run, n_shuffles=2)
+    assert from_run.test_statements == reverse_probe.test_statements
+    assert torch.equal(from_run.test_scores, reverse_probe.test_scores)
+    assert torch.equal(from_run.cross_val_correct, reverse_probe.cross_val_correct)
+    assert torch.equal(from_run.control_test_correct, reverse_probe.control_test_correct)
 
 
 # == bad input ====================================================================================

@@ -7,18 +7,11 @@ answers it at every layer and prompt position. The mirror probe reads ``B_i`` at
 
 **The probe must name classes it never saw.** In the seed data every entity answers one statement, so the
 held-out answers are classes absent from the probe's training data, and a plain classifier (one free weight vector per
-class) has nothing to score them with. The probe therefore ties each class's weight vector to a fixed
-vector ``t_a`` of that entity that exists whether or not the probe saw it (label-embedding, or
-"zero-shot", classification; Frome et al. 2013, DeViSE; Akata et al. 2016). With the activation ``x``
-standardised to ``z``::
-
-    score(x, a) = z^T W t_a          p(a | x) = softmax_a score(x, a)          prediction = argmax_a score
-
-a multinomial logistic regression whose ``M`` class weight vectors are ``W t_a``, fitted by full-batch
-L-BFGS on the cross-entropy over the training classes plus ``weight_decay / 2 * |W|^2`` (strictly
-convex: a unique optimum, the same on every run). A held-out example is decoded among all ``M``
-candidate answers (every object of the relation, as in the behavioural evaluation), so chance is
-``1 / M``. The targets ``t_a`` (``target=``), centred over the candidates and scaled to unit norm:
+class) has nothing to score them with. The probe is therefore a label-embedding probe
+(:mod:`revinterp.analysis.probing`): ``score(x, a) = z^T W t_a`` for the standardised activation ``z`` and a fixed
+vector ``t_a`` of each entity that exists whether or not the probe saw it, fitted on the training classes and
+decoded among all ``M`` candidate answers (every object of the relation, as in the behavioural evaluation), so
+chance is ``1 / M``. The targets ``t_a`` (``target=``), centred over the candidates and scaled to unit norm:
 
 - ``"unembed"`` (default): the answer's unembedding ``W_U[:, a]``, the direction the model itself reads
   the answer out along; the probe then asks whether the activation points at ``a`` in the model's output
@@ -33,11 +26,10 @@ candidate answers (every object of the relation, as in the behavioural evaluatio
   a probe can decode an unseen class with it only by chance: on held-out classes it is a built-in
   negative control; on classes the probe saw it is a plain classifier.
 
-Multi-token entities get the concatenation of their tokens' vectors. The candidates are every object of the
-probed statements' relations (with several relations, their union). The fitted ``W`` only moves along
-differences of the training targets, so the part of an unseen target outside their span is invisible to the
-probe: with fewer training classes than target dimensions some of each unseen target is lost (the seed's
-2-layer run has 140 training classes for 128 dimensions; the `tiny` test run 28 for 64, and still decodes
+Multi-token entities get the concatenation of their tokens' vectors. The candidates are every object of the probed
+statements' relations (with several relations, their union). The fitted ``W`` only moves along differences of the
+training targets, so with fewer training classes than target dimensions some of each unseen target is lost (the
+seed's 2-layer run has 140 training classes for 128 dimensions; the `tiny` test run 28 for 64, and still decodes
 unseen seen-pair classes far above chance).
 
 **Controls.** Chance ``1 / M``; the same probe fitted on shuffled entity assignments (the training labels
@@ -61,10 +53,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from revinterp.analysis.probing import (
+    DEFAULT_WEIGHT_DECAY,
+    answer_ranks,
+    fit_identity_probe,
+    normalize_targets,
+    top1_correct,
+)
 from revinterp.data import (
     CHAIN_COMPOSED_HELD_OUT,
     CHAIN_COMPOSED_SEEN,
@@ -77,10 +75,15 @@ from revinterp.data import (
     encode_statements,
 )
 from revinterp.data.tokenizer import encode_words
+from revinterp.models import unpack_run
 from revinterp.stats import bootstrap_ci, error_bars
 
-DIRECTIONS = ("forward", "reverse", "composed")
+__all__ = ["DEFAULT_SPLITS", "HOOKS", "PROBE_DIRECTIONS", "TARGETS", "ProbeResult", "probe_answer_identity"]
+
+PROBE_DIRECTIONS = ("forward", "reverse", "composed")
+"""What is probed: the answer of reverse, forward or composed (chain) statements."""
 TARGETS = ("unembed", "embed", "random_code")
+"""The per-entity target vectors ``t_a`` (see the module docstring)."""
 HOOKS = ("resid", "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 """``"resid"``: the residual stream before each layer and after the last one (``n_layers + 1`` depths);
 the others: that hook of every layer (``n_layers`` depths)."""
@@ -91,117 +94,6 @@ DEFAULT_SPLITS = {
     "composed": ((CHAIN_COMPOSED_SEEN,), (CHAIN_COMPOSED_HELD_OUT,)),
 }
 """(train splits, test splits) per direction."""
-
-DEFAULT_WEIGHT_DECAY = 0.3
-"""Chosen for selectivity on the seen pairs of the 2-layer seed run (never on a test split), as Hewitt & Liang
-advise: from 0.001 to 1 the cross-validated accuracy barely moved (1.00 at the relation token, 0.55-0.61 at
-the subject after layer 0) while the shuffled-label probe's training accuracy (memorisation) fell from about
-0.9 to 0.25-0.5; at 0.3 it is 0.4-0.8 and the cross-validated accuracy is within 0.02 of its best."""
-
-
-# == the probe ====================================================================================
-@dataclass(frozen=True)
-class IdentityProbe:
-    """A fitted label-embedding probe: ``score(x, a) = ((x - mean) / scale)^T W t_a``.
-
-    Attributes:
-        weight: ``W``, from standardised features to the target space.
-        mean: the training features' mean.
-        scale: the training features' root-mean-square per dimension after centring (1 when they
-            are constant, in which case every score is 0).
-    """
-
-    weight: Float[Tensor, "d_in d_target"]
-    mean: Float[Tensor, " d_in"]
-    scale: float
-
-    def scores(
-        self, features: Float[Tensor, "n d_in"], targets: Float[Tensor, "m d_target"]
-    ) -> Float[Tensor, "n m"]:
-        """Score of every candidate (row of ``targets``) for every example."""
-        z = (features.to(self.weight) - self.mean) / self.scale
-        return (z @ self.weight @ targets.to(self.weight).T).float()
-
-    def predict(self, features: Float[Tensor, "n d_in"], targets: Float[Tensor, "m d_target"]) -> Int[Tensor, " n"]:
-        """The arg-max candidate (row of ``targets``) per example."""
-        return self.scores(features, targets).argmax(-1)
-
-
-def fit_identity_probe(
-    features: Float[Tensor, "n d_in"],
-    labels: Int[Tensor, " n"],
-    targets: Float[Tensor, "m d_target"],
-    *,
-    weight_decay: float = DEFAULT_WEIGHT_DECAY,
-    max_iter: int = 500,
-) -> IdentityProbe:
-    """Fit ``W`` minimising ``mean_i CE(softmax_c z_i^T W t_c, labels_i) + weight_decay / 2 * |W|_F^2``.
-
-    The softmax runs over the classes present in ``labels`` only: classes the probe never sees are not
-    pushed down, so they can be decoded afterwards on an equal footing (:meth:`IdentityProbe.predict`
-    with all of ``targets``). Features are centred and scaled to unit mean square per dimension, so
-    ``weight_decay`` means the same at every layer. Full-batch L-BFGS with a strong-Wolfe line search in
-    float64 from ``W = 0``; the objective is strictly convex, so the result does not depend on a seed.
-
-    Args:
-        features: one activation per example.
-        labels: each example's class, a row index of ``targets``.
-        targets: one fixed vector per class, best centred and unit-norm (:func:`normalize_targets`).
-        weight_decay: the L2 penalty on ``W`` (must be positive).
-        max_iter: L-BFGS iterations.
-
-    Example:
-        >>> gen = torch.Generator().manual_seed(0)
-        >>> codes = normalize_targets(torch.randn(100, 16, generator=gen))    # one target per class
-        >>> x = codes @ torch.randn(16, 32, generator=gen)                    # features: a linear image of it
-        >>> probe = fit_identity_probe(x[:80], torch.arange(80), codes)      # classes 80..99 never seen
-        >>> (probe.predict(x[80:], codes) == torch.arange(80, 100)).float().mean().item()
-        1.0
-    """
-    n = features.shape[0]
-    if labels.shape[0] != n:
-        raise ValueError(f"{labels.shape[0]} labels for {n} examples; expected one label per example")
-    if labels.numel() and (labels.min() < 0 or labels.max() >= targets.shape[0]):
-        raise ValueError(f"labels must index the {targets.shape[0]} rows of targets; got values outside that")
-    if not weight_decay > 0:
-        raise ValueError(f"weight_decay={weight_decay}: expected a positive L2 penalty (it makes the fit unique)")
-    classes, y = torch.unique(labels, return_inverse=True)
-    if classes.numel() < 2:
-        raise ValueError(f"{classes.numel()} distinct class(es) among the labels; expected at least 2 to fit a probe")
-    x = features.detach().double()
-    mean = x.mean(0)
-    centred = x - mean
-    scale = centred.pow(2).mean().sqrt().item()
-    # Features equal up to float error (e.g. every prompt's <bos>) carry no signal: don't blow up the noise.
-    if scale <= 1e-6 * max(x.pow(2).mean().sqrt().item(), 1e-30):
-        centred, scale = torch.zeros_like(centred), 1.0
-    z = centred / scale
-    t = targets.detach().to(z)[classes]
-    weight = torch.zeros(z.shape[1], t.shape[1], dtype=z.dtype, device=z.device, requires_grad=True)
-    optimizer = torch.optim.LBFGS(
-        [weight], lr=1.0, max_iter=max_iter, history_size=20, tolerance_grad=1e-9, tolerance_change=1e-12,
-        line_search_fn="strong_wolfe",
-    )
-
-    def closure():
-        optimizer.zero_grad()
-        loss = F.cross_entropy(z @ weight @ t.T, y) + 0.5 * weight_decay * weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        optimizer.step(closure)
-    return IdentityProbe(weight=weight.detach(), mean=mean, scale=scale)
-
-
-def normalize_targets(vectors: Float[Tensor, "m d_target"]) -> Float[Tensor, "m d_target"]:
-    """Centre target vectors over the candidates and scale each to unit norm.
-
-    Scores are inner products, so without this a candidate with a long vector, or with a large share of a
-    direction common to all candidates, would win on its length rather than its direction.
-    """
-    vectors = vectors - vectors.mean(0)
-    return vectors / vectors.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 # == the result ===================================================================================
@@ -261,13 +153,13 @@ class ProbeResult:
 
     @property
     def test_correct(self) -> Bool[Tensor, "depth pos n_test"]:
-        return _top1(self.test_scores, self.test_answers)
+        return top1_correct(self.test_scores, self.test_answers)
 
     @property
     def test_ranks(self) -> Float[Tensor, "depth pos n_test"]:
         """The true answer's rank among all ``M`` candidates: 1 + the candidates scored above it + half the
         others tied with it (a random tie-break's expectation). Uniform guessing: mean ``(M + 1) / 2``."""
-        return _ranks(self.test_scores, self.test_answers)
+        return answer_ranks(self.test_scores, self.test_answers)
 
     @property
     def test_ranks_within_test(self) -> Float[Tensor, "depth pos n_test"]:
@@ -275,7 +167,7 @@ class ProbeResult:
         ``k`` distinct test answers). Free of the bias of a probe toward the classes it was fitted on (the
         "generalized zero-shot" bias, Chao et al. 2016): every candidate here is new to the probe."""
         test_classes, answers = torch.unique(self.test_answers, return_inverse=True)
-        return _ranks(self.test_scores[..., test_classes], answers)
+        return answer_ranks(self.test_scores[..., test_classes], answers)
 
     @property
     def train_accuracy(self) -> Float[Tensor, "depth pos"]:
@@ -412,8 +304,8 @@ class ProbeResult:
 
 # == the analysis =================================================================================
 def probe_answer_identity(
-    model,
-    facts: FactSet,
+    model_or_run,
+    facts: FactSet | None = None,
     *,
     direction: str = "reverse",
     train_splits: Sequence[str] | None = None,
@@ -441,8 +333,9 @@ def probe_answer_identity(
     and its controls are described in the module docstring (Alain & Bengio 2016; Hewitt & Liang 2019).
 
     Args:
-        model: a ``TransformerBridge`` in eval mode; everything runs on its device.
-        facts: the fact set the model was trained on.
+        model_or_run: a :class:`~revinterp.models.LoadedRun` (``probe_answer_identity(run)``), or a
+            ``TransformerBridge`` in eval mode with its ``facts``; everything runs on the model's device.
+        facts: the fact set the model was trained on; only with a model, not with a run.
         direction: ``"reverse"``, ``"forward"`` or ``"composed"``; every statement of the splits must have it.
         train_splits: splits whose statements the probe is fitted on.
         test_splits: splits it is tested on; disjoint from ``train_splits``.
@@ -451,8 +344,8 @@ def probe_answer_identity(
         layers: depth indices to probe (negative ones count from the end); default all.
         positions: prompt positions to probe (``<bos>`` = 0; negative ones count from the end); default all.
         target: per-entity target vectors: ``"unembed"``, ``"embed"`` or ``"random_code"``.
-        tokenizer: default ``model.tokenizer``.
-        weight_decay: L2 penalty of every probe (:func:`fit_identity_probe`).
+        tokenizer: default the run's, or ``model.tokenizer``.
+        weight_decay: L2 penalty of every probe (:func:`~revinterp.analysis.probing.fit_identity_probe`).
         cv_folds: folds of the cross-validation over the training statements (0: none).
         n_shuffles: shuffled-label control probes per site (at least 1).
         max_iter: L-BFGS iterations per probe.
@@ -469,14 +362,15 @@ def probe_answer_identity(
     Example:
         >>> from revinterp.models import load_run                                          # doctest: +SKIP
         >>> run = load_run("runs/seed0")                                                   # doctest: +SKIP
-        >>> result = probe_answer_identity(run.model, run.facts, tokenizer=run.tokenizer)  # doctest: +SKIP
+        >>> result = probe_answer_identity(run)                                            # doctest: +SKIP
         >>> print(result.summary())                                                        # doctest: +SKIP
     """
     operation = "probe_answer_identity"
+    model, facts, tokenizer = unpack_run(model_or_run, facts, tokenizer)
     if any(module.training for module in model.modules()):
         raise ValueError(f"{operation} needs the model in eval mode; it is in train mode (call model.eval() first)")
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction={direction!r}: expected one of {DIRECTIONS}")
+    if direction not in PROBE_DIRECTIONS:
+        raise ValueError(f"direction={direction!r}: expected one of {PROBE_DIRECTIONS}")
     if target not in TARGETS:
         raise ValueError(f"target={target!r}: expected one of {TARGETS}")
     if hook not in HOOKS:
@@ -487,7 +381,6 @@ def probe_answer_identity(
         raise ValueError(f"n_shuffles={n_shuffles}: expected at least 1 shuffled-label control")
     if not weight_decay > 0:
         raise ValueError(f"weight_decay={weight_decay}: expected a positive L2 penalty (it makes the fit unique)")
-    tokenizer = tokenizer if tokenizer is not None else model.tokenizer
     default_train, default_test = DEFAULT_SPLITS[direction]
     train_splits = tuple(train_splits) if train_splits is not None else default_train
     test_splits = tuple(test_splits) if test_splits is not None else default_test
@@ -546,19 +439,19 @@ def probe_answer_identity(
             x = activations[d, :, p]
             x_train, x_test = x[:n_train], x[n_train:]
             probe = fit(x_train, train_labels)
-            train_correct[d, p] = _top1(probe.scores(x_train, targets), train_labels)
+            train_correct[d, p] = top1_correct(probe.scores(x_train, targets), train_labels)
             test_scores[d, p] = probe.scores(x_test, targets)
             for fold in folds:
                 fold = fold.to(device)
                 keep = torch.ones(n_train, dtype=torch.bool, device=device)
                 keep[fold] = False
                 fold_probe = fit(x_train[keep], train_labels[keep])
-                cv_correct[d, p, fold] = _top1(fold_probe.scores(x_train[fold], targets), train_labels[fold])
+                cv_correct[d, p, fold] = top1_correct(fold_probe.scores(x_train[fold], targets), train_labels[fold])
             for s, permutation in enumerate(shuffles):
                 shuffled = train_labels[permutation]
                 control = fit(x_train, shuffled)
-                control_train[s, d, p] = _top1(control.scores(x_train, targets), shuffled)
-                control_test[s, d, p] = _top1(control.scores(x_test, targets), test_labels)
+                control_train[s, d, p] = top1_correct(control.scores(x_train, targets), shuffled)
+                control_test[s, d, p] = top1_correct(control.scores(x_test, targets), test_labels)
 
     return ProbeResult(
         train_correct=train_correct, cross_val_correct=cv_correct, test_scores=test_scores,
@@ -571,20 +464,6 @@ def probe_answer_identity(
 
 
 # == helpers ======================================================================================
-def _top1(scores: Float[Tensor, "*site n m"], answers: Int[Tensor, " n"]) -> Bool[Tensor, "*site n"]:
-    """Whether the answer scores strictly above every other candidate (a tie is no hit: constant activations,
-    such as every prompt's ``<bos>``, score all candidates 0 and must not hit the first one by arg-max order)."""
-    answer_scores = scores.gather(-1, answers.expand(*scores.shape[:-1])[..., None])
-    return (scores >= answer_scores).sum(-1) == 1
-
-
-def _ranks(scores: Float[Tensor, "*site n m"], answers: Int[Tensor, " n"]) -> Float[Tensor, "*site n"]:
-    answer_scores = scores.gather(-1, answers.expand(*scores.shape[:-1])[..., None])
-    above = (scores > answer_scores).sum(-1)
-    tied_others = (scores == answer_scores).sum(-1) - 1
-    return 1 + above + 0.5 * tied_others
-
-
 def _statements(facts: FactSet, splits: tuple[str, ...], direction: str, argument: str) -> tuple[Statement, ...]:
     if not splits:
         raise ValueError(f"{argument} is empty; expected at least one split name")
