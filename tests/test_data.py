@@ -307,3 +307,17 @@ def test_fact_file_encodings(tmp_path):
     sep = '{"subject": "a\u2028b", "relation": "r", "object": "b", "inverse": "q"}\n'
     with pytest.raises(FactFileError, match=r"line 1: subject 'a\\u2028b' contains U\+2028 \(LINE SEPARATOR\)"):
         load_fact_file(write(tmp_path, "sep.jsonl", sep + good.decode()))
+
+
+def test_fact_file_line_ends(tmp_path):
+    rows = HEADER + "a,r,b,q\nc,r,d,q\ne,r,f,q\n"
+    for name, end in (("lf.csv", "\n"), ("crlf.csv", "\r\n"), ("cr.csv", "\r")):
+        text = rows.replace("\n", end)
+        path = tmp_path / name
+        path.write_bytes(text.encode())
+        assert len(load_fact_file(path).statements) == 6, name
+    # lines (and byte offsets) are counted the same way with any line end
+    path = tmp_path / "cr_latin.csv"
+    path.write_bytes((HEADER + "a,r,b,q\r").replace("\n", "\r").encode() + b"c\xe9,r,d,q\r")
+    with pytest.raises(FactFileError, match=r"cr_latin\.csv, line 3: byte offset 41: b'\\xe9' is not UTF-8"):
+        load_fact_file(path)

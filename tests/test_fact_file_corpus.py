@@ -3,7 +3,8 @@
 For each file of ``tests/corpus/fact_files/`` (written by its ``generate.py``) the command must exit with status 2
 and a message on stderr that names the file, the line (where one applies) and the bad value, without a traceback,
 and leave the filesystem as it found it: no run directory, nothing else written, the corpus file unchanged. The
-few files that are valid data (a byte-order mark, names hostile to HTML, braces in entity names) must train.
+few files that are valid data (a byte-order mark, old Mac line ends, names hostile to HTML, braces in entity
+names) must train.
 Generator options that make no data (``--relations 0`` ...) are checked the same way, and so are the size limits,
 against files the test builds for a small configured limit.
 """
@@ -51,7 +52,7 @@ CASES: dict[str, list[str] | None] = {
     "bom_header.jsonl": None,
     "latin1.csv": [r"line 2: byte offset 34: b'\\xeb' is not UTF-8 \(in 'Zo.,parent_of,Ben,child_of'\)"],
     "utf16.csv": [r"UTF-16 text; expected UTF-8"],
-    "bare_carriage_returns.csv": [r"line 1: a line break inside an unquoted field", r"bare '\\r'"],
+    "bare_carriage_returns.csv": None,
     "empty.csv": [r"empty file; expected a header line subject,relation,object,inverse"],
     "header_only.csv": [r"0 fact\(s\); expected at least 2"],
     "one_fact.csv": [r"1 fact\(s\); expected at least 2"],
@@ -146,6 +147,7 @@ def test_valid_but_unusual_fact_file_trains(name, tmp_path, capsys, monkeypatch)
     expected = {
         "bom_header.csv": {"Ada Ash", "Ben Birch", "Cleo Cedar", "Dan Dale"},
         "bom_header.jsonl": {"Ada Ash", "Ben Birch", "Cleo Cedar", "Dan Dale"},
+        "bare_carriage_returns.csv": {"Ada Ash", "Ben Birch", "Cleo Cedar", "Dan Dale"},
         "braces_in_entity.csv": {"{subject}", "{0}", "{object} x", "Dan"},  # literal, never formatted
         "html_entity.csv": {"</script><svg/onload=document.title='x'>", "Ben", "Cleo", "<b>Dan</b>"},
     }[name]

@@ -60,6 +60,7 @@ SHOWN_PROBLEMS = 20
 
 # Whitespace other than space, tab and line ends (a no-break space, U+3000 ...) and invisible characters that
 # would make two names look the same: refused rather than silently splitting or joining words.
+_BARE_CR = re.compile(rb"(?<=\r)(?!\n)")
 _HIDDEN = re.compile(r"[^\S \t\r\n]|[\u200b\u2060\ufeff]")
 
 
@@ -112,29 +113,39 @@ def _decoded_lines(path: Path, problems: _Problems, bad_lines: set[int], progres
     size = path.stat().st_size
     with f, tqdm(total=size, unit="B", unit_scale=True, desc=f"reading {path.name}", disable=not progress,
                  leave=False) as bar:
-        offset, pending = 0, 0
-        for line_no, raw in enumerate(f, start=1):
-            if line_no == 1:
-                if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-                    raise problems.fatal(None, "the file is UTF-16 text; expected UTF-8 (save it as UTF-8)")
-                body = raw.removeprefix(b"\xef\xbb\xbf")  # a byte-order mark, as spreadsheets write
-                start = offset + len(raw) - len(body)
-            else:
-                body, start = raw, offset
-            try:
-                text = body.decode("utf-8")
-            except UnicodeDecodeError as e:
-                bad_lines.add(line_no)
-                text = body.decode("utf-8", errors="replace")
-                problems.add(line_no, f"byte offset {start + e.start}: {body[e.start:e.end]!r} is not UTF-8 (in "
-                                      f"{_short(text.rstrip())}); expected a UTF-8 text file (save it as UTF-8)")
-            yield text
-            offset += len(raw)
-            pending += len(raw)
+        offset, pending, line_no = 0, 0, 0
+        for chunk in f:
+            pending += len(chunk)
             if pending > 1 << 20:
                 bar.update(pending)
                 pending = 0
+            # lines end in '\n', '\r\n' or a bare '\r' (old Mac files), as in Python's universal newlines
+            for raw in _BARE_CR.split(chunk) if b"\r" in chunk else (chunk,):
+                if raw:
+                    line_no += 1
+                    yield _decode(raw, line_no, offset, problems, bad_lines)
+                    offset += len(raw)
         bar.update(pending)
+
+
+def _decode(raw: bytes, line_no: int, offset: int, problems: _Problems, bad_lines: set[int]) -> str:
+    """Line ``line_no`` (which starts at byte ``offset``) as text; a line that is not UTF-8 is recorded as a problem
+    and in ``bad_lines``, and returned with the bad bytes replaced."""
+    if line_no == 1:
+        if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+            raise problems.fatal(None, "the file is UTF-16 text; expected UTF-8 (save it as UTF-8)")
+        body = raw.removeprefix(b"\xef\xbb\xbf")  # a byte-order mark, as spreadsheets write
+        start = offset + len(raw) - len(body)
+    else:
+        body, start = raw, offset
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        bad_lines.add(line_no)
+        text = body.decode("utf-8", errors="replace")
+        problems.add(line_no, f"byte offset {start + e.start}: {body[e.start:e.end]!r} is not UTF-8 (in "
+                              f"{_short(text.rstrip())}); expected a UTF-8 text file (save it as UTF-8)")
+    return text
 
 
 def _csv_rows(path: Path, problems: _Problems, bad_lines: set[int], progress: bool):
@@ -182,10 +193,6 @@ def _csv_rows(path: Path, problems: _Problems, bad_lines: set[int], progress: bo
                 continue
             yield first, dict(zip(header, fields))
     except csv.Error as e:
-        if "new-line character" in str(e):
-            raise problems.fatal(line_no, "a line break inside an unquoted field (lines that end in a bare '\\r'?); "
-                                          "expected '\\n' or '\\r\\n' line ends and quotes around a name with a "
-                                          "line break") from None
         raise problems.fatal(line_no, f"not valid CSV ({e})") from None
     if header is None:
         raise problems.fatal(None, f"empty file; expected a header line {','.join(COLUMNS)} and rows of facts")

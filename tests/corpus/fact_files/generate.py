@@ -62,7 +62,7 @@ CASES: dict[str, bytes] = {
     "bom_header.jsonl": b"\xef\xbb\xbf" + jsonl(row(), row("Cleo Cedar", obj="Dan Dale")),  # accepted
     "latin1.csv": HEADER.encode() + "Zo\u00eb,parent_of,Ben,child_of\n".encode("latin-1") + GOOD.encode(),
     "utf16.csv": (HEADER + GOOD).encode("utf-16"),
-    "bare_carriage_returns.csv": (HEADER + GOOD).replace("\n", "\r").encode(),
+    "bare_carriage_returns.csv": (HEADER + GOOD).replace("\n", "\r").encode(),  # old Mac line ends: accepted
     # structure
     "empty.csv": b"",
     "header_only.csv": HEADER.encode(),
