@@ -273,7 +273,8 @@ def measure_localize(run, pairs, out: StageResult) -> dict:
     located = localize(run.model, pairs, target=LOCALIZE_TARGET)
     out.figure("localize", "Localization: recovered fraction as sites are restored together", located.plot())
     return {"chosen": [s.label(pairs.labels) for s in located.chosen], "recovered": estimate(located.recovered_ci()),
-            "reached": located.reached, "target": LOCALIZE_TARGET}
+            "reached": located.reached, "target": LOCALIZE_TARGET, "chosen_on": located.n_discovery,
+            "measured_on": located.n_evaluation}
 
 
 def measure_dla(run, pairs, out: StageResult) -> dict:

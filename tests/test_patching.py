@@ -300,7 +300,8 @@ def test_localize_recovers_the_target_with_the_sites_it_names(trained):
     model, pairs = trained
     target = 0.8
     # without attn_out (in one layer, attn_out at the answer alone is the whole path) several sites are needed
-    loc = localize(model, pairs, target=target, components=("mlp_out", "head_out_by_pos"))
+    # chosen and measured on the same pairs, so that each step's joint patch can be checked by hand
+    loc = localize(model, pairs, target=target, components=("mlp_out", "head_out_by_pos"), held_out=False)
     assert loc.reached and loc.recovered >= target and len(loc.chosen) >= 2
     assert restore_by_hand(model, pairs, loc.chosen) == pytest.approx(loc.recovered, abs=1e-5)
     # greedy: one site fewer does not reach the target, and the curve is what joint patches measure
@@ -325,9 +326,27 @@ def test_localize_recovers_the_target_with_the_sites_it_names(trained):
     assert len(fig.data) == 1 and list(fig.data[0].y) == pytest.approx(loc.curve.tolist())  # one bar per step
 
 
+def test_localize_chooses_on_one_half_and_measures_on_the_other(trained):
+    model, pairs = trained
+    discovery, evaluation = pairs.halves(seed=3)
+    assert not set(discovery.statements) & set(evaluation.statements)
+    assert len(discovery) + len(evaluation) == len(pairs)
+    loc = localize(model, pairs, target=0.8, components=("mlp_out", "head_out_by_pos"), seed=3)
+    assert loc.held_out and loc.n_discovery == len(discovery)
+    assert restore_by_hand(model, evaluation, loc.chosen) == pytest.approx(loc.recovered, abs=1e-5)
+    assert restore_by_hand(model, discovery, loc.chosen) == pytest.approx(loc.curve[-1].item(), abs=1e-5)
+    assert f"chosen on {len(discovery)} prompt pairs, measured on {len(evaluation)} others" in loc.summary()
+    # a gap far below the reference gap is not normalized: no recovered fraction, n/a with the reason
+    tiny_gap = localize(model, pairs, target=0.8, reference_gap=100 * loc.gap)
+    assert tiny_gap.recovered is None and tiny_gap.recovered_ci() is None and not tiny_gap.reached
+    assert "n/a (gap" in tiny_gap.summary() and "too small to normalize" in tiny_gap.summary()
+    with pytest.raises(ValueError, match="expected at least 4"):
+        localize(model, pairs.select([0, 1, 2]), target=0.8)
+
+
 def test_localize_default_components_and_the_whole_attention_output(trained):
     model, pairs = trained
-    loc = localize(model, pairs, target=0.99)
+    loc = localize(model, pairs, target=0.99, held_out=False)
     # in one layer the attention output at the answer position carries the whole subject: exactly the clean run
     assert loc.chosen == (Site("attn_out", 0, pairs.answer_position),)
     assert loc.recovered == pytest.approx(1.0, abs=1e-6)
@@ -390,4 +409,6 @@ def test_localize_on_the_default_run_finds_the_last_layers_attention_output(defa
     assert loc.reached and loc.recovered >= loc.target
     assert loc.recovered > 0.85
     assert loc.recovered_ci().low > 0.8
-    assert restore_by_hand(model, pairs, loc.chosen) == pytest.approx(loc.recovered, abs=1e-5)
+    discovery, evaluation = pairs.halves(0)  # chosen on one half, measured on the other
+    assert (loc.n_discovery, loc.n_evaluation) == (len(discovery), len(evaluation))
+    assert restore_by_hand(model, evaluation, loc.chosen) == pytest.approx(loc.recovered, abs=1e-5)

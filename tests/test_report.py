@@ -141,7 +141,16 @@ def test_report_renders_in_headless_chromium(analysed_run, tmp_path):
 
 
 HOSTILE_NAMES = ("</script><svg/onload=document.title='pwned'>", "<img/src=x/onerror=document.title='pwned'>",
-                 "\u2028</SCRIPT><!--", "&lt;b&gt;&amp;")
+                 "</SCRIPT><!--", "&lt;b&gt;&amp;")
+
+
+def test_script_json_cannot_close_a_script():
+    from revinterp.viz.report import inline_script, script_json
+
+    text = script_json({"a": "</script><!--\u2028\u2029&"})
+    assert json.loads(text) == {"a": "</script><!--\u2028\u2029&"}  # the same data
+    assert not set("<>&\u2028\u2029") & set(text)
+    assert "</script" not in inline_script("var s = '</script>'; var t = '</SCRIPT>';")[8:-9].lower()
 
 
 @pytest.fixture(scope="module")

@@ -68,6 +68,23 @@ class PromptPairs:
             self.split,
         )
 
+    def select(self, indices: Sequence[int]) -> PromptPairs:
+        """The pairs at ``indices``, in that order."""
+        index = torch.as_tensor(list(indices), dtype=torch.long, device=self.clean.device)
+        pick = (lambda seq: tuple(seq[i] for i in index.tolist()) if seq else ())
+        return PromptPairs(self.clean[index], self.corrupted[index], self.clean_answer[index],
+                           self.corrupted_answer[index], self.labels, pick(self.statements),
+                           pick(self.corrupted_statements), self.split)
+
+    def halves(self, seed: int = 0) -> tuple[PromptPairs, PromptPairs]:
+        """Two disjoint random halves (the first one larger when the count is odd): one to choose on, the other
+        to measure what was chosen, so that no selection is evaluated on the pairs it was made on."""
+        if len(self) < 4:
+            raise ValueError(f"{len(self)} prompt pairs cannot be halved; expected at least 4 (2 per half)")
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed)).tolist()
+        first = (len(self) + 1) // 2
+        return self.select(sorted(order[:first])), self.select(sorted(order[first:]))
+
     @classmethod
     def from_prompts(
         cls,

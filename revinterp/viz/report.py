@@ -132,8 +132,8 @@ def forward_findings(numbers: dict) -> list[str]:
     else:
         findings.append(
             f"Restoring only {len(located['chosen'])} site(s) together (" + ", ".join(located["chosen"])
-            + f") recovers {interval(located['recovered'])} of the clean logit difference, measured by patching them "
-              "jointly" + (f" - the target {located['target']:g} is reached." if located["reached"]
+            + f"; chosen on {located['chosen_on']} prompt pairs) recovers {interval(located['recovered'])} of the "
+              f"clean logit difference on the other {located['measured_on']}, measured by patching them jointly" + (f" - the target {located['target']:g} is reached." if located["reached"]
                            else f" - short of the target {located['target']:g}.")
         )
     dla = numbers["dla"]
