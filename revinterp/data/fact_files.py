@@ -274,7 +274,9 @@ def load_fact_file(
 
     Args:
         path: a ``.csv`` or ``.jsonl`` file (see the module docstring for what it must hold).
-        both_fraction, held_out_direction, seed: as :func:`revinterp.data.split_facts`.
+        both_fraction: as :func:`revinterp.data.split_facts`.
+        held_out_direction: as :func:`revinterp.data.split_facts`.
+        seed: as :func:`revinterp.data.split_facts`.
         max_facts: most rows (default :data:`MAX_FACTS`); a file with more is refused when its row
             ``max_facts + 1`` is read.
         max_words: most distinct words of entity and relation names (default :data:`MAX_WORDS`).

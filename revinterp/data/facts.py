@@ -64,9 +64,12 @@ forward one (reverse held out), or always the reverse one (forward held out)."""
 class Relation:
     """A named relation, its inverse, and how a statement with it reads.
 
-    ``template`` holds ``{subject}`` and ``{object}``; the object must come last, since the model
-    answers by continuing the prompt. ``inverse`` is the name of the inverse relation, or ``None``
-    for a relation that has none (the composed relation of the chain data).
+    ``template`` holds ``{subject}`` and ``{object}``, each once and as a word of its own; the object
+    must come last, since the model answers by continuing the prompt. ``inverse`` is the name of the
+    inverse relation, or ``None`` for a relation that has none (the composed relation of the chain
+    data). Names and template words must be single tokens without format braces (see
+    :data:`RELATION_NAME`); the subject is put into the template word for word, never through
+    ``str.format``.
     """
 
     name: str
