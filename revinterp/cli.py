@@ -167,7 +167,8 @@ def make_facts(args):
                          "options that shape that data (see --help)")
     if args.facts is not None:
         facts = load_fact_file(args.facts, both_fraction=args.both_fraction,
-                               held_out_direction=args.trained_direction, seed=args.seed)
+                               held_out_direction=args.trained_direction, seed=args.seed,
+                               progress=not args.quiet)
     elif args.data == "chain":
         facts = chain_experiment(args.n_pairs, composed_held_out_fraction=1 - args.both_fraction, seed=args.seed)
     elif args.data == "graph":

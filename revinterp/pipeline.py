@@ -85,6 +85,7 @@ def analyze(run_dir: str | Path, *, device=None, progress: bool = True, max_pair
         "behaviour": lambda: behaviour_stage(run),
         "forward": lambda: forward_stage(run, max_pairs, progress),
         "reverse": lambda: reverse_stage(run, max_pairs, progress),
+        "missing": lambda: missing_stage(run),
         "dynamics": lambda: dynamics_stage(run),
     }
     bar = None
@@ -422,6 +423,30 @@ def measure_starvation(run, out: StageResult) -> dict:
     return {"n_starved": len(starvation.starved), "n_held_out": len(run.facts.split("held_out")),
             "embed_shift": {role: means[role]["embed_shift"] for role in ("held_out_subject", "trained_subject")
                             if role in means}}
+
+
+def missing_stage(run) -> StageResult:
+    """What exactly is missing on a held-out reverse prompt: the routing or only the stored entry
+    (:func:`revinterp.analysis.missing.what_is_missing`: storage heads, routing and entry tests per split with their
+    positive controls, and the causal insertion of the missing entry with its placebo and specificity)."""
+    result = StageResult("missing")
+    isolated(result, "verdict", lambda out: measure_missing(run, out))
+    return result
+
+
+def measure_missing(run, out: StageResult) -> dict:
+    from revinterp.analysis.missing import what_is_missing
+    from revinterp.analysis.weights import single_token_entities
+
+    if not single_token_entities(run.facts.statements):
+        raise Skip(**multi_token_reason(run.facts))
+    found = what_is_missing(run)
+    for name, figure in found.figures().items():
+        out.figure(f"missing_{name}", {"storage": "Where the entries are stored: each head's entry and its attention "
+                                                 "to the subject, per split",
+                                       "insertion": "Inserting the missing entry: margins before and after, with a "
+                                                    "placebo of the same norm"}.get(name, name), figure)
+    return found.to_numbers()
 
 
 def dynamics_stage(run) -> StageResult:

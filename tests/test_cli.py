@@ -75,9 +75,9 @@ def test_run_builds_a_report_for_data_the_analyses_cannot_all_cover(tmp_path, ca
     assert main(["run", "--preset", "tiny", "--shared-tokens", "--tokens-per-entity", "2", "--n-pairs", "20",
                  "--out", str(out), "--quiet", "--device", "cpu"]) == 0
     page = (out / "report.html").read_text()
-    # the reverse-path and the dynamics sections, each with the reason and the number that decided it
+    # the reverse-path, what-is-missing and dynamics sections, each with the reason and the number that decided it
     assert page.count("not run, since effective weights are token-to-token maps and the entities have several "
-                      "tokens (max tokens per entity: 2)") == 2
+                      "tokens (max tokens per entity: 2)") == 3
     assert "reverse_held_out (" in page and "Linear probe" in page
 
 

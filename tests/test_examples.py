@@ -85,14 +85,14 @@ def test_load_your_own_facts_reports_a_bad_file(cwd, tmp_path):
     bad.write_text("subject,relation,object\nAda,parent_of,Ben\n")
     result = run_example("load_your_own_facts.py", str(bad), cwd=cwd, check=False)
     assert result.returncode == 1
-    assert f"error: {bad}: missing column(s) ['inverse']" in result.stderr
+    assert f"error: {bad}, line 1: missing column(s) ['inverse']" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_open_the_report(cwd, tmp_path):
     out = tmp_path / "run"
     result = run_example("open_the_report.py", "--out", str(out), cwd=cwd)
-    assert "4 stages: behaviour (1 figures); forward (" in result.stdout
+    assert "5 stages: behaviour (1 figures); forward (" in result.stdout
     report = out / "report.html"
     assert f"report: {report} (" in result.stdout
     html = report.read_text()

@@ -14,7 +14,7 @@ from revinterp.pipeline import analyze
 from revinterp.results import STAGES, ResultsError, load_results
 from revinterp.viz.report import write_report
 
-SECTIONS = ("behaviour", "forward", "reverse", "dynamics")
+SECTIONS = ("behaviour", "forward", "reverse", "missing", "dynamics")
 # what would make the browser fetch: an element that loads a URL, a CSS url() or @import, an ES import from a URL
 # (plain links <a href> load nothing; plotly.js holds some in its strings, e.g. its logo link)
 EXTERNAL = re.compile(

@@ -58,7 +58,8 @@ def write_report(run_dir: str | Path) -> Path:
         Section("behaviour", "1. Does the reversal curse appear?", behaviour_findings(stages["behaviour"].numbers)),
         Section("forward", "2. Where is the forward fact stored?", forward_findings(stages["forward"].numbers)),
         Section("reverse", "3. Why is there no reverse path?", reverse_findings(stages["reverse"].numbers)),
-        Section("dynamics", "4. How did it evolve over training?", dynamics_findings(stages["dynamics"].numbers)),
+        Section("missing", "4. What exactly is missing?", missing_findings(stages["missing"].numbers)),
+        Section("dynamics", "5. How did it evolve over training?", dynamics_findings(stages["dynamics"].numbers)),
     ]
     for section in sections:
         section.result = stages[section.key]
@@ -87,8 +88,10 @@ def describe(value) -> str:
 
 
 def interval(est: dict) -> str:
-    """A saved estimate (``{"mean", "low", "high"}``) as ``mean [95 % CI low, high]``."""
-    return f"{est['mean']:.3g} [95 % CI {est['low']:.3g}, {est['high']:.3g}]"
+    """A saved estimate (``{"mean", "low", "high"}`` or ``{"mean", "ci_low", "ci_high"}``) as
+    ``mean [95 % CI low, high]``."""
+    low, high = est.get("low", est.get("ci_low")), est.get("high", est.get("ci_high"))
+    return f"{est['mean']:.3g} [95 % CI {low:.3g}, {high:.3g}]"
 
 
 def behaviour_findings(numbers: dict) -> list[str]:
@@ -133,8 +136,9 @@ def forward_findings(numbers: dict) -> list[str]:
         findings.append(
             f"Restoring only {len(located['chosen'])} site(s) together (" + ", ".join(located["chosen"])
             + f"; chosen on {located['chosen_on']} prompt pairs) recovers {interval(located['recovered'])} of the "
-              f"clean logit difference on the other {located['measured_on']}, measured by patching them jointly" + (f" - the target {located['target']:g} is reached." if located["reached"]
-                           else f" - short of the target {located['target']:g}.")
+              f"clean logit difference on the other {located['measured_on']}, measured by patching them jointly"
+            + (f" - the target {located['target']:g} is reached." if located["reached"]
+               else f" - short of the target {located['target']:g}.")
         )
     dla = numbers["dla"]
     if "skipped" in dla:
@@ -220,6 +224,44 @@ def reverse_findings(numbers: dict) -> list[str]:
         + (f"; their subjects' embeddings moved {shift['held_out_subject']:.3f} against "
            f"{shift['trained_subject']:.3f} for trained subjects." if len(shift) == 2 else ".")
     )
+    return findings
+
+
+INSERTION_GROUPS = {"edited": "held-out reverse statements whose entry was inserted",
+                    "untouched": "other held-out reverse statements (not edited)",
+                    "forward": "forward statements", "reverse_seen": "seen reverse statements"}
+
+
+def missing_findings(numbers: dict) -> list[str]:
+    found = numbers["verdict"]
+    if "skipped" in found:
+        return [skipped("What is missing", found["skipped"])]
+    findings = ["Storage heads (whose entries carry seen reverse facts): " + ", ".join(found["storage_heads"]) + "."]
+    for split, r in found["splits"].items():
+        routing, entry = r["routing_tost"], r["entry_tost"]
+        findings.append(
+            f"{split}: the storage heads attend to the subject with weight {num(r['attention_to_subject'])} "
+            f"(against the seen-reverse mean: {routing['verdict']} within +-{routing['margin']:g}); their summed "
+            f"entry is {r['entry']:.3g} ({entry['verdict']} within +-{entry['margin']:.3g}) - {r['verdict']}."
+        )
+    failed = [name for name, passed in found["controls"].items() if not passed]
+    findings.append("Positive controls: " + ("all pass." if not failed else "FAILED: " + ", ".join(failed) + "."))
+    insertion = found.get("insertion")
+    if insertion:
+        findings.append(f"Inserting the missing entry (rank-one edit of {', '.join(insertion['heads'])}, scaled to the "
+                        "seen-reverse entries) " + ("restores" if insertion["restored"] else "does not restore")
+                        + f" the held-out reverse answer (accuracy among {insertion['n_candidates']} candidates, exact "
+                          "binomial 95 % CI):")
+        for group, what in INSERTION_GROUPS.items():
+            if group in insertion:
+                g = insertion[group]
+                findings.append(
+                    f"{what} (n={g['n']}): accuracy {pct(g['accuracy_before']['mean'])} before, "
+                    f"{pct(g['accuracy_after']['mean'])} [95 % CI {pct(g['accuracy_after']['ci_low'])}, "
+                    f"{pct(g['accuracy_after']['ci_high'])}] after, {pct(g['accuracy_placebo']['mean'])} with the "
+                    f"placebo; margin change {interval(g['margin_change_after'])} against "
+                    f"{interval(g['margin_change_placebo'])} for the placebo."
+                )
     return findings
 
 
