@@ -542,8 +542,8 @@ def _attribution(graph: _Graph, receiving, source_writes, edges, metric, ca, cb,
     mask = torch.zeros(n, len(graph.senders), len(graph.receivers), n_pos, device=unpatched.device,
                        requires_grad=True)
     out = graph.run(receiving, source_writes.detach(), mask)
-    metric_values(metric, out, ca, cb).sum().backward()
-    grad = mask.grad  # [batch, sender, receiver, pos]; examples are independent, so this is per example
+    # the gradient with respect to the mask only: the model's parameters' .grad stays untouched
+    (grad,) = torch.autograd.grad(metric_values(metric, out, ca, cb).sum(), mask)  # [batch, sender, receiver, pos]
     values = torch.empty(len(edges), n, device=unpatched.device)
     for i, e in enumerate(edges):
         g = grad[:, graph.sender_index[e.sender], graph.receiver_index[e.receiver]]
