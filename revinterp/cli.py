@@ -135,6 +135,10 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 
 def add_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch intra-op threads (default 1: the tiny and default models are too small to gain from "
+                        "more, and threads fighting over busy cores cost several times the CPU; torch's own default "
+                        "for --preset deep)")
     p.add_argument("--json", action="store_true", help="print the per-split metrics as one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -304,6 +308,18 @@ def cmd_report(args) -> int:
     return 0
 
 
+def set_threads(args) -> None:
+    """One torch thread unless ``--threads`` says otherwise (or the deep preset keeps torch's default)."""
+    threads = getattr(args, "threads", None)
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads {threads}: expected at least 1")
+    if threads is None and getattr(args, "preset", None) == "deep":
+        return
+    import torch
+
+    torch.set_num_threads(threads or 1)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from revinterp.data import FactFileError, UnknownWordError
@@ -311,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
 
     commands = {"train": cmd_train, "run": cmd_run, "eval": cmd_eval, "analyze": cmd_analyze, "report": cmd_report}
     try:
+        set_threads(args)
         return commands[args.command](args)
     except (FactFileError, UnknownWordError, CheckpointError, FileExistsError, ValueError) as e:
         print(f"revinterp {args.command}: error: {e}", file=sys.stderr)

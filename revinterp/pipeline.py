@@ -74,6 +74,8 @@ def analyze(run_dir: str | Path, *, device=None, progress: bool = True, max_pair
     Returns:
         The saved file of each stage (:data:`revinterp.results.STAGES`).
     """
+    import torch
+
     from revinterp.models import load_run
     from revinterp.training import read_training_config, versions
 
@@ -108,6 +110,7 @@ def analyze(run_dir: str | Path, *, device=None, progress: bool = True, max_pair
         "model": asdict(run.config),
         "training": asdict(read_training_config(run_dir)),
         "versions": versions(),
+        "environment": {"device": str(next(run.model.parameters()).device), "torch_threads": torch.get_num_threads()},
     }
     save_run_info(run_dir, f"The reversal curse in {run_dir.name}", config)
     return saved

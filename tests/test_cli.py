@@ -93,3 +93,21 @@ def test_deprecated_held_out_direction_warns_and_means_trained_direction():
     facts = make_facts(new)
     assert facts.split("reverse_held_out") and not facts.split("forward_held_out")
     assert build_parser().parse_args(["train"]).trained_direction == "random"
+
+
+def test_threads_default_to_one_and_refuse_zero(tmp_path, capsys):
+    import torch
+
+    from revinterp.cli import build_parser, set_threads
+
+    before = torch.get_num_threads()
+    try:
+        set_threads(build_parser().parse_args(["train", "--preset", "tiny"]))
+        assert torch.get_num_threads() == 1
+        set_threads(build_parser().parse_args(["train", "--threads", "2"]))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert main(["train", "--threads", "0", "--out", str(tmp_path / "r")]) == 2
+    assert "--threads 0: expected at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
