@@ -27,7 +27,9 @@ from revinterp.models import MODEL_PRESETS, build_model, config_for_data
 # == the analysis on the tiny trained run =========================================================
 @pytest.fixture(scope="module")
 def reverse_probe(tiny_run) -> ProbeResult:
-    return probe_answer_identity(tiny_run.model, tiny_run.facts, tokenizer=tiny_run.tokenizer, n_shuffles=2)
+    # The former defaults (residual stream incl. the final one, unembedding targets), passed explicitly.
+    return probe_answer_identity(tiny_run.model, tiny_run.facts, tokenizer=tiny_run.tokenizer, n_shuffles=2,
+                                 hook="resid", target="unembed")
 
 
 def test_reverse_probe_layout_chance_and_statements(reverse_probe, tiny_facts):
@@ -92,7 +94,8 @@ def test_reverse_probe_reads_the_trained_answer_and_controls_stay_at_chance(reve
 
 def test_forward_probe_decodes_forward_facts_the_model_knows(tiny_run):
     r = probe_answer_identity(tiny_run.model, tiny_run.facts, tokenizer=tiny_run.tokenizer, direction="forward",
-                              test_splits=("forward_only",), positions=[-1], layers=[-1], cv_folds=0)
+                              test_splits=("forward_only",), positions=[-1], layers=[-1], cv_folds=0,
+                              hook="resid", target="unembed")
     assert r.depth_labels == ("final",) and r.position_labels == ("->",) and r.positions == (2,)
     assert r.cross_val_correct.shape[-1] == 0
     assert r.train_accuracy.item() == 1.0
@@ -134,7 +137,7 @@ def test_frame_plot_and_summary_agree_with_the_result(reverse_probe):
 
 
 def test_a_loaded_run_gives_the_same_probes_as_its_model_and_facts(reverse_probe, tiny_run):
-    from_run = probe_answer_identity(tiny_run, n_shuffles=2)
+    from_run = probe_answer_identity(tiny_run, n_shuffles=2, hook="resid", target="unembed")
     assert from_run.test_statements == reverse_probe.test_statements
     assert torch.equal(from_run.test_scores, reverse_probe.test_scores)
     assert torch.equal(from_run.cross_val_correct, reverse_probe.cross_val_correct)
@@ -163,7 +166,7 @@ def test_split_with_one_statement_is_refused(tiny_run):
     (dict(test_splits=("no_such_split",)), "no_such_split"),
     (dict(test_splits=("forward_only",)), "forward statements.*direction='reverse'"),
     (dict(test_splits=(REVERSE_SEEN,)), "both train and test"),
-    (dict(layers=[2]), r"layers=\[2\]"),
+    (dict(layers=[2], hook="resid"), r"layers=\[2\]"),
     (dict(positions=[3]), r"positions=\[3\]"),
     (dict(cv_folds=1), "cv_folds=1"),
     (dict(weight_decay=0.0), "weight_decay=0.0"),
@@ -171,3 +174,94 @@ def test_split_with_one_statement_is_refused(tiny_run):
 def test_bad_arguments_are_refused(tiny_run, kwargs, message):
     with pytest.raises(ValueError, match=message):
         probe_answer_identity(tiny_run.model, tiny_run.facts, tokenizer=tiny_run.tokenizer, **kwargs)
+
+
+# == defaults, selectivity and the site chosen on cross-validation ================================
+def test_defaults_read_intermediate_sites_with_input_embedding_targets(tiny_run):
+    r = probe_answer_identity(tiny_run, cv_folds=0, positions=[1])
+    assert r.target == "embed" and r.hook == "sites"
+    assert r.depth_labels == ("L0 resid_pre", "L0 attn_out", "L0 mlp_out")  # no final residual stream
+    assert r.control_cross_val_correct.shape[-1] == 0
+    with pytest.raises(ValueError, match="cross-validation"):
+        _ = r.selected_site
+
+
+def _planted(tiny_run, scale: float = 30.0):
+    """A copy of the tiny model whose attention output at the subject of every reverse prompt gets a fixed random
+    linear image of the answer's (normalised, centred) input embedding added: the answer's identity is planted at
+    ``L0 attn_out`` and nowhere upstream. Hooks: ``hook_embed`` recovers the tokens (an exact row of ``W_E``)."""
+    model, facts, tok = copy.deepcopy(tiny_run.model), tiny_run.facts, tiny_run.tokenizer
+    candidates = facts.candidates("<-")
+    ids = torch.tensor([encode_words(tok, [c])[0] for c in candidates])
+    with torch.no_grad():
+        codes = normalize_targets(model.W_E.detach()[ids])
+        mixing = torch.linalg.qr(torch.randn(codes.shape[1], codes.shape[1],
+                                             generator=torch.Generator().manual_seed(7)))[0]
+        table = torch.zeros(model.W_E.shape[0], codes.shape[1])
+        for s in facts.split(REVERSE_SEEN) + facts.split(REVERSE_HELD_OUT):
+            table[encode_words(tok, [s.subject])[0]] = scale * codes[candidates.index(s.object)] @ mixing
+        w_e = model.W_E.detach().clone()
+    seen = {}
+
+    def grab_tokens(act, hook):
+        seen["tokens"] = torch.cdist(act, w_e[None]).argmin(-1)
+
+    def plant(act, hook):
+        act = act.clone()
+        act[:, 1] += table[seen["tokens"][:, 1]].to(act)
+        return act
+
+    model.add_hook("hook_embed", grab_tokens, is_permanent=True)
+    model.add_hook("blocks.0.hook_attn_out", plant, is_permanent=True)
+    return model
+
+
+@pytest.fixture(scope="module")
+def planted_probe(tiny_run):
+    model = _planted(tiny_run)
+    try:
+        yield probe_answer_identity(model, tiny_run.facts, tokenizer=tiny_run.tokenizer, positions=[1, 2],
+                                    n_shuffles=2), model
+    finally:
+        model.reset_hooks(including_permanent=True)
+
+
+def test_a_planted_signal_at_an_intermediate_site_is_selective_and_its_control_task_is_not(planted_probe):
+    r, _ = planted_probe
+    site = r.depth_labels.index("L0 attn_out"), r.position_labels.index("subject")
+    upstream = r.depth_labels.index("L0 resid_pre"), r.position_labels.index("subject")
+    # The task: seen pairs whose answer class the probe never trained on, decoded among 40 (chance 0.025).
+    assert r.cross_val_accuracy[site].item() >= 0.6  # measured 0.79 (28 training classes, 64 dimensions)
+    # The control task (consistently relabelled classes, same probe, same folds) stays near chance ...
+    assert r.control_cross_val_accuracy[site].item() <= 0.1
+    assert r.selectivity[site].item() >= 0.6
+    # ... and where nothing was planted nothing is selective: the subject's embedding, the relation token.
+    assert r.selectivity[upstream].item() <= 0.1
+    assert r.selectivity[:, r.position_labels.index("<-")].max().item() <= 0.15
+    chosen = r.selected_site
+    assert (chosen.layer, chosen.position_label) == ("L0 attn_out", "subject")
+    # The planted code is there for held-out pairs too: exact interval above chance.
+    assert chosen.test.low > chosen.chance and chosen.p_value < 1e-3
+    assert chosen.test.mean == pytest.approx(r.test_accuracy[site].item())
+    frame = r.selectivity_frame()
+    assert len(frame) == r.selectivity.numel() and frame.selected.sum() == 1
+    row = frame[frame.selected].iloc[0]
+    assert (row.layer, row.position_label) == ("L0 attn_out", "subject")
+    assert row.test_ci_low == pytest.approx(chosen.test.low) and row.selectivity == pytest.approx(chosen.selectivity)
+    numbers = chosen.to_numbers()
+    assert numbers["chosen_on"] == "cross_val" and numbers["n_sites"] == r.selectivity.numel()
+
+
+def test_the_selected_site_does_not_depend_on_the_test_split(planted_probe, tiny_run):
+    r, model = planted_probe
+    facts = tiny_run.facts
+    held_out = facts.split(REVERSE_HELD_OUT)
+    objects = [s.object for s in held_out]
+    relabelled = {s: replace(s, object=objects[(i + 1) % len(objects)]) for i, s in enumerate(held_out)}
+    scrambled = replace(facts, statements=tuple(relabelled.get(s, s) for s in facts.statements))
+    other = probe_answer_identity(model, scrambled, tokenizer=tiny_run.tokenizer, positions=[1, 2], n_shuffles=2)
+    assert not torch.equal(other.test_answers, r.test_answers)
+    assert not torch.equal(other.test_accuracy, r.test_accuracy)  # the test labels matter to the test accuracy ...
+    assert torch.equal(other.selectivity, r.selectivity)  # ... and not to the choice
+    assert (other.selected_site.depth, other.selected_site.position) == (r.selected_site.depth,
+                                                                        r.selected_site.position)

@@ -13,12 +13,12 @@ vector ``t_a`` of each entity that exists whether or not the probe saw it, fitte
 decoded among all ``M`` candidate answers (every object of the relation, as in the behavioural evaluation), so
 chance is ``1 / M``. The targets ``t_a`` (``target=``), centred over the candidates and scaled to unit norm:
 
-- ``"unembed"`` (default): the answer's unembedding ``W_U[:, a]``, the direction the model itself reads
+- ``"unembed"``: the answer's unembedding ``W_U[:, a]``, the direction the model itself reads
   the answer out along; the probe then asks whether the activation points at ``a`` in the model's output
   space, up to a linear map learned on the seen pairs, which does transfer to unseen classes (a
   trained model's final residual stream decodes the seen answers' classes it was not probed on, see
   :attr:`ProbeResult.cross_val_accuracy`).
-- ``"embed"``: the answer's input embedding ``W_E[a]``, a learned representation of ``a`` (trained
+- ``"embed"`` (default): the answer's input embedding ``W_E[a]``, a learned representation of ``a`` (trained
   whenever ``a`` is a subject somewhere) that the model never needs to produce at this prompt. In the
   seed's 2-layer run no activation maps onto it in a way that transfers across entities (cross-validated
   accuracy 0 everywhere), so read it beside ``"unembed"``, not instead of it.
@@ -31,6 +31,16 @@ statements' relations (with several relations, their union). The fitted ``W`` on
 training targets, so with fewer training classes than target dimensions some of each unseen target is lost (the
 seed's 2-layer run has 140 training classes for 128 dimensions; the `tiny` test run 28 for 64, and still decodes
 unseen seen-pair classes far above chance).
+
+**Where, and what is the headline.** A probe at the final residual stream with unembedding targets is the logit
+lens up to a linear map: it restates behaviour. The defaults therefore read the intermediate sites (``hook="sites"``:
+each layer's ``resid_pre``, ``attn_out`` and ``mlp_out``, at every prompt position, the subject's included) with the
+input-embedding targets. Per site, :attr:`ProbeResult.selectivity` is Hewitt & Liang's selectivity on
+cross-validation over the training (seen) statements: the task's accuracy minus that of the control task (the same
+probe on the classes relabelled by a random but consistent permutation, same folds). The headline site,
+:attr:`ProbeResult.selected_site`, is the most selective one on that cross-validation, never chosen on the test split;
+it carries its held-out test accuracy with an exact Clopper-Pearson interval and a binomial p-value against chance.
+:meth:`ProbeResult.selectivity_frame` has every site. ``hook="resid", target="unembed"`` gives the former defaults.
 
 **Controls.** Chance ``1 / M``; the same probe fitted on shuffled entity assignments (the training labels
 permuted: Hewitt & Liang 2019, "Designing and Interpreting Probes with Control Tasks"), whose training
@@ -76,17 +86,20 @@ from revinterp.data import (
 )
 from revinterp.data.tokenizer import encode_words
 from revinterp.models import unpack_run
-from revinterp.stats import bootstrap_ci, error_bars
+from revinterp.stats import Estimate, bootstrap_ci, clopper_pearson, error_bars
 
-__all__ = ["DEFAULT_SPLITS", "HOOKS", "PROBE_DIRECTIONS", "TARGETS", "ProbeResult", "probe_answer_identity"]
+__all__ = [
+    "DEFAULT_SPLITS", "HOOKS", "PROBE_DIRECTIONS", "TARGETS", "ProbeResult", "SelectedSite", "probe_answer_identity",
+]
 
 PROBE_DIRECTIONS = ("forward", "reverse", "composed")
 """What is probed: the answer of reverse, forward or composed (chain) statements."""
 TARGETS = ("unembed", "embed", "random_code")
 """The per-entity target vectors ``t_a`` (see the module docstring)."""
-HOOKS = ("resid", "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
-"""``"resid"``: the residual stream before each layer and after the last one (``n_layers + 1`` depths);
-the others: that hook of every layer (``n_layers`` depths)."""
+HOOKS = ("sites", "resid", "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+"""``"sites"`` (default): per layer its ``resid_pre``, ``attn_out`` and ``mlp_out`` (no final residual stream, where
+a probe restates the output); ``"resid"``: the residual stream before each layer and after the last one
+(``n_layers + 1`` depths); the others: that hook of every layer (``n_layers`` depths)."""
 
 DEFAULT_SPLITS = {
     "reverse": ((REVERSE_SEEN,), (REVERSE_HELD_OUT,)),
@@ -97,6 +110,50 @@ DEFAULT_SPLITS = {
 
 
 # == the result ===================================================================================
+@dataclass(frozen=True)
+class SelectedSite:
+    """The probe site chosen on cross-validation over the training statements, and how it does on the test split.
+
+    Attributes:
+        depth: index into :attr:`ProbeResult.depth_labels`.
+        position: the prompt position (``<bos>`` = 0).
+        layer: its depth label (``"L1 resid_pre"``).
+        position_label: its position label (``"subject"``).
+        selectivity: cross-validated task accuracy minus the control task's, the criterion it was chosen on.
+        cross_val_accuracy: the task's cross-validated accuracy there.
+        control_cross_val_accuracy: the control task's.
+        test: test accuracy on the held-out statements with its exact (Clopper-Pearson) 95 % interval.
+        test_hits: correct test statements.
+        chance: ``1 / M``.
+        p_value: one-sided exact binomial p-value of ``test_hits`` or more at chance.
+        n_sites: how many sites the choice was among.
+    """
+
+    depth: int
+    position: int
+    layer: str
+    position_label: str
+    selectivity: float
+    cross_val_accuracy: float
+    control_cross_val_accuracy: float
+    test: Estimate
+    test_hits: int
+    chance: float
+    p_value: float
+    n_sites: int
+
+    def to_numbers(self) -> dict:
+        """Plain JSON-able numbers."""
+        return dict(
+            layer=self.layer, position=self.position, position_label=self.position_label, depth=self.depth,
+            selectivity=self.selectivity, cross_val_accuracy=self.cross_val_accuracy,
+            control_cross_val_accuracy=self.control_cross_val_accuracy, test_accuracy=self.test.mean,
+            test_ci_low=self.test.low, test_ci_high=self.test.high, test_hits=self.test_hits, n_test=self.test.n,
+            chance=self.chance, p_value=self.p_value, n_sites=self.n_sites, chosen_on="cross_val",
+            interval="clopper_pearson_95",
+        )
+
+
 @dataclass(frozen=True)
 class ProbeResult:
     """Decodability of the answer entity at each (depth, prompt position), per example, with controls.
@@ -111,8 +168,12 @@ class ProbeResult:
             that left it (and its answer class) out; empty when ``cv_folds=0``.
         test_scores: every candidate's score for every test statement.
         test_answers: each test statement's answer, an index into :attr:`candidates`.
-        control_train_correct: shuffled-label probes, right on their (shuffled) training labels.
-        control_test_correct: shuffled-label probes, right on the test statements' true answers.
+        control_train_correct: control-task probes (the classes relabelled by a random but consistent
+            permutation ``pi``, one per shuffle), right on their relabelled training labels.
+        control_test_correct: control-task probes, right on the test statements' true answers.
+        control_cross_val_correct: the control task cross-validated like the task (fold probes fitted on the
+            relabelled training folds, right on the left-out fold's relabelled answers): the control of
+            :attr:`selectivity`; empty when ``cv_folds=0``.
         depth_labels: what each depth reads.
         positions: the prompt positions probed (token indices, ``<bos>`` = 0).
         position_labels: a name per probed position (``"<bos>"``, ``"subject"``, ``"<-"``, ...).
@@ -131,6 +192,7 @@ class ProbeResult:
     test_answers: Int[Tensor, " n_test"]
     control_train_correct: Bool[Tensor, "shuffle depth pos n_train"]
     control_test_correct: Bool[Tensor, "shuffle depth pos n_test"]
+    control_cross_val_correct: Bool[Tensor, "shuffle depth pos n_cv"]
     depth_labels: tuple[str, ...]
     positions: tuple[int, ...]
     position_labels: tuple[str, ...]
@@ -190,6 +252,65 @@ class ProbeResult:
     @property
     def control_test_accuracy(self) -> Float[Tensor, "depth pos"]:
         return self.control_test_correct.float().mean((0, -1))
+
+    @property
+    def control_cross_val_accuracy(self) -> Float[Tensor, "depth pos"]:
+        """The control task's cross-validated accuracy (NaN without cross-validation)."""
+        return self.control_cross_val_correct.float().mean((0, -1))
+
+    @property
+    def selectivity(self) -> Float[Tensor, "depth pos"]:
+        """Hewitt & Liang's selectivity per site, on cross-validation over the training (seen) statements: the
+        task's accuracy minus the control task's (same probe, same folds, classes consistently relabelled)."""
+        return self.cross_val_accuracy - self.control_cross_val_accuracy
+
+    @property
+    def selected_site(self) -> SelectedSite:
+        """The site of the headline, chosen on cross-validation over the training statements only (never on the
+        test split): the highest :attr:`selectivity`, ties to the higher cross-validated accuracy, then the
+        earlier depth and position; with its test accuracy on the held-out statements (exact Clopper-Pearson
+        interval) against chance."""
+        if self.cross_val_correct.shape[-1] == 0:
+            raise ValueError("selected_site needs cross-validation (cv_folds >= 2): sites are chosen on it")
+        selectivity, cv = self.selectivity.cpu(), self.cross_val_accuracy.cpu()
+        n_pos = selectivity.shape[1]
+        order = sorted(range(selectivity.numel()),
+                       key=lambda i: (-selectivity.flatten()[i].item(), -cv.flatten()[i].item(), i))
+        d, p = divmod(order[0], n_pos)
+        return self._site(d, p)
+
+    def _site(self, d: int, p: int) -> SelectedSite:
+        from scipy.stats import binom
+
+        hits, n = int(self.test_correct[d, p].sum().item()), len(self.test_statements)
+        return SelectedSite(
+            depth=d, position=self.positions[p], layer=self.depth_labels[d], position_label=self.position_labels[p],
+            selectivity=float(self.selectivity[d, p]), cross_val_accuracy=float(self.cross_val_accuracy[d, p]),
+            control_cross_val_accuracy=float(self.control_cross_val_accuracy[d, p]),
+            test=clopper_pearson(hits, n), test_hits=hits, chance=self.chance,
+            p_value=float(binom.sf(hits - 1, n, self.chance)), n_sites=int(self.selectivity.numel()),
+        )
+
+    def selectivity_frame(self):
+        """One row per site (depth, position): the cross-validated task and control-task accuracy, the
+        selectivity, the test accuracy with its exact Clopper-Pearson interval, chance, and ``selected`` (the
+        site :attr:`selected_site` picks, on cross-validation)."""
+        import pandas as pd
+
+        chosen = self.selected_site
+        rows = []
+        for d in range(len(self.depth_labels)):
+            for p in range(len(self.positions)):
+                site = self._site(d, p)
+                rows.append(dict(
+                    depth=d, layer=site.layer, position=site.position, position_label=site.position_label,
+                    cross_val_accuracy=site.cross_val_accuracy,
+                    control_cross_val_accuracy=site.control_cross_val_accuracy,
+                    selectivity=site.selectivity, test_accuracy=site.test.mean, test_ci_low=site.test.low,
+                    test_ci_high=site.test.high, n_test=site.test.n, chance=self.chance, p_value=site.p_value,
+                    selected=(d, site.position) == (chosen.depth, chosen.position),
+                ))
+        return pd.DataFrame(rows)
 
     def _sets(self) -> dict[str, tuple[Tensor, tuple[Statement, ...]]]:
         """Per-example correctness ``[depth, pos, rows]`` of each reported set, with the rows' statements."""
@@ -310,10 +431,10 @@ def probe_answer_identity(
     direction: str = "reverse",
     train_splits: Sequence[str] | None = None,
     test_splits: Sequence[str] | None = None,
-    hook: str = "resid",
+    hook: str = "sites",
     layers: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
-    target: str = "unembed",
+    target: str = "embed",
     tokenizer=None,
     weight_decay: float = DEFAULT_WEIGHT_DECAY,
     cv_folds: int = 5,
@@ -425,7 +546,9 @@ def probe_answer_identity(
     train_labels, test_labels = labels[:n_train], labels[n_train:]
     gen = torch.Generator().manual_seed(seed)
     folds = torch.randperm(n_train, generator=gen).chunk(cv_folds) if cv_folds else ()
-    shuffles = [torch.randperm(n_train, generator=gen).to(device) for _ in range(n_shuffles)]
+    # The control task (Hewitt & Liang 2019): a random but consistent relabelling of the classes, pi over all M
+    # candidates, so that every statement with answer a is labelled pi(a) in training, in every fold and on test.
+    relabellings = [torch.randperm(len(candidates), generator=gen).to(device) for _ in range(n_shuffles)]
 
     n_depth, n_probed = len(names), len(position_index)
     train_correct = torch.zeros(n_depth, n_probed, n_train, dtype=torch.bool, device=device)
@@ -433,6 +556,8 @@ def probe_answer_identity(
     test_scores = torch.zeros(n_depth, n_probed, len(test_statements), len(candidates), device=device)
     control_train = torch.zeros(n_shuffles, n_depth, n_probed, n_train, dtype=torch.bool, device=device)
     control_test = torch.zeros(n_shuffles, n_depth, n_probed, len(test_statements), dtype=torch.bool, device=device)
+    control_cv = torch.zeros(n_shuffles, n_depth, n_probed, n_train if cv_folds else 0, dtype=torch.bool,
+                             device=device)
     fit = lambda x, y: fit_identity_probe(x, y, targets, weight_decay=weight_decay, max_iter=max_iter)
     for d in range(n_depth):
         for p in range(n_probed):
@@ -447,15 +572,23 @@ def probe_answer_identity(
                 keep[fold] = False
                 fold_probe = fit(x_train[keep], train_labels[keep])
                 cv_correct[d, p, fold] = top1_correct(fold_probe.scores(x_train[fold], targets), train_labels[fold])
-            for s, permutation in enumerate(shuffles):
-                shuffled = train_labels[permutation]
+            for s, relabel in enumerate(relabellings):
+                shuffled = relabel[train_labels]
                 control = fit(x_train, shuffled)
                 control_train[s, d, p] = top1_correct(control.scores(x_train, targets), shuffled)
                 control_test[s, d, p] = top1_correct(control.scores(x_test, targets), test_labels)
+                for fold in folds:
+                    fold = fold.to(device)
+                    keep = torch.ones(n_train, dtype=torch.bool, device=device)
+                    keep[fold] = False
+                    fold_control = fit(x_train[keep], shuffled[keep])
+                    control_cv[s, d, p, fold] = top1_correct(fold_control.scores(x_train[fold], targets),
+                                                             shuffled[fold])
 
     return ProbeResult(
         train_correct=train_correct, cross_val_correct=cv_correct, test_scores=test_scores,
         test_answers=test_labels, control_train_correct=control_train, control_test_correct=control_test,
+        control_cross_val_correct=control_cv,
         depth_labels=tuple(depth_labels[d] for d in depth_index), positions=tuple(position_index),
         position_labels=_position_labels(facts, statements, n_pos, position_index),
         candidates=tuple(candidates), train_statements=train_statements, test_statements=test_statements,
@@ -504,6 +637,11 @@ def _hook_names(model, hook: str) -> tuple[list[str], list[str]]:
         names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)]
         names.append(f"blocks.{n_layers - 1}.hook_resid_post")
         labels = [f"L{layer} resid_pre" for layer in range(n_layers)] + ["final"]
+    elif hook == "sites":
+        kinds = ("resid_pre", "attn_out") if getattr(model.cfg, "attn_only", False) else (
+            "resid_pre", "attn_out", "mlp_out")
+        names = [f"blocks.{layer}.hook_{kind}" for layer in range(n_layers) for kind in kinds]
+        labels = [f"L{layer} {kind}" for layer in range(n_layers) for kind in kinds]
     else:
         names = [f"blocks.{layer}.hook_{hook}" for layer in range(n_layers)]
         labels = [f"L{layer} {hook}" for layer in range(n_layers)]
