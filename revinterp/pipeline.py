@@ -140,26 +140,16 @@ def multi_token_reason(facts) -> dict:
             "max_tokens_per_entity": max(words)}
 
 
-def probe_sets(probes) -> dict:
-    """Per probe set (``cross_val``: seen pairs whose answer the probe never trained on; ``test``: held-out pairs),
-    the number of sites and, where one reads the answer above chance (the lower end of its 95 % interval above
-    chance), the most accurate of those; ``best`` is None where every site's interval includes chance or lies
-    below it, since the best of chance-level scores is a meaningless place."""
-    frame = probes.to_frame()
-    sets = {}
-    for name in ("cross_val", "test"):
-        rows = frame[frame["set"] == name]
-        if not len(rows):
-            continue
-        above = rows[rows["ci_low"] > probes.chance]
-        best = None
-        if len(above):
-            row = above.loc[above["accuracy"].idxmax()]
-            best = {"accuracy": float(row["accuracy"]), "low": float(row["ci_low"]), "high": float(row["ci_high"]),
-                    "layer": str(row["layer"]), "position": str(row["position_label"])}
-        sets[name] = {"n_sites": len(rows), "n_above_chance": len(above), "best": best,
-                      "max_accuracy": float(rows["accuracy"].max())}
-    return sets
+def probe_numbers(probes) -> dict:
+    """The probe's headline: the most selective site (Hewitt & Liang selectivity, chosen on cross-validation over
+    seen pairs, never on the test split) with its held-out accuracy (Clopper-Pearson) against chance; ``selected`` is
+    None where no site is selective (selectivity <= 0 everywhere), since the best of chance-level scores is a
+    meaningless place."""
+    selectivity = probes.selectivity
+    best = float(selectivity.max())
+    return {"chance": probes.chance, "n_sites": selectivity.numel(), "max_selectivity": best,
+            "n_selective": int((selectivity > 0).sum()),
+            "selected": probes.selected_site.to_numbers() if best > 0 else None}
 
 
 def estimate(est) -> dict:
@@ -346,6 +336,7 @@ def reverse_stage(run, max_pairs: int, progress: bool = False) -> StageResult:
     isolated(result, "interventions", lambda out: measure_interventions(run, max_pairs, progress, out))
     isolated(result, "weights", lambda out: measure_weights(run, out))
     isolated(result, "probes", lambda out: measure_probes(run, out))
+    isolated(result, "interchange", lambda out: measure_interchange(run, out))
     isolated(result, "gradients", lambda out: measure_gradients(run, out))
     isolated(result, "starvation", lambda out: measure_starvation(run, out))
     return result
@@ -401,9 +392,25 @@ def measure_probes(run, out: StageResult) -> dict:
     if len(lengths) > 1:
         raise Skip("the reverse prompts have several lengths (positions must line up; probe one relation or "
                    "template at a time)", prompt_lengths=lengths)
-    probes = probe_answer_identity(run.model, run.facts)
-    out.figure("probes", "Probes for the answer's identity", probes.plot())
-    return {"chance": probes.chance, "sets": probe_sets(probes)}
+    probes = probe_answer_identity(run)
+    out.figure("probes", "Probes for the answer's identity (input-embedding targets, with the control task)",
+               probes.plot())
+    return probe_numbers(probes)
+
+
+def measure_interchange(run, out: StageResult) -> dict:
+    from revinterp.analysis.interchange import subspace_interchange
+
+    sizes = {name: len(run.facts.split(name)) for name in PROBE_SPLITS}
+    if sizes["reverse_seen"] < 4:
+        raise Skip("the seen reverse split has fewer than four statements (half to fit the subspace on, half to "
+                   "measure it)", split_sizes=sizes)
+    layer = min(1, run.config.n_layers - 1)
+    found = subspace_interchange(run, layer=layer)
+    out.figure("interchange", "Interchanging the subspace of the subject's identity at B's position", found.plot())
+    rows = found.to_frame().to_dict(orient="records")
+    return {"layer": layer, "hook": found.hook_name, "rank": found.rank, "method": found.method,
+            "n_fit": len(found.fit_statements), "chance": found.chance, "rows": rows}
 
 
 def measure_gradients(run, out: StageResult) -> dict:

@@ -54,6 +54,8 @@ EXPECTED_OUTPUT = {
         r"forward_only\s+-> reverse_held_out",
         r"^reverse_seen \(\d+ pairs\): total effect [\d.]+ \[[\d.]+, [\d.]+\] \(distinguishable from zero\)",
         r"^reverse_held_out \(12 pairs\): total effect \S+ \[-[\d.]+, [\d.]+\] \(indistinguishable from zero\)",
+        r"^seed: no selective site \(selectivity at most",  # probes with the control task name no site at chance
+        r"^control: no selective site",
     ],
     "04_your_own_facts": [
         r"96 statements over relations \['child_of', 'mentee_of', 'mentor_of', 'parent_of'\]",

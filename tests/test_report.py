@@ -240,32 +240,36 @@ def test_one_value_per_quantity_in_the_report(analysed_run):
     assert not [t for t in texts if re.search(r"-0\.0+(?![0-9e])", t)]  # never a negative zero
 
 
-def test_no_best_probe_site_among_chance_scores():
-    import pandas as pd
+def test_no_probe_site_is_named_among_chance_scores():
+    import torch
 
-    from revinterp.pipeline import probe_sets
+    from revinterp.pipeline import probe_numbers
     from revinterp.viz.report import reverse_findings, skipped
 
-    class Probes:  # two probe sets at 10 sites each: test all at chance, cross-validation one site above it
+    class Site:
+        def to_numbers(self):
+            return dict(layer="L1 attn_out", position_label="<-", selectivity=0.4, test_hits=3, n_test=7,
+                        test_accuracy=3 / 7, test_ci_low=0.1, test_ci_high=0.8, chance=0.05, p_value=0.003)
+
+    class Probes:
         chance = 0.05
+        selected_site = Site()
 
-        def to_frame(self):
-            rows = [dict(set="test", accuracy=0.0, ci_low=0.0, ci_high=0.12, layer="L0", position_label="<bos>")
-                    for _ in range(10)]
-            rows += [dict(set="cross_val", accuracy=0.6 if i == 3 else 0.04, ci_low=0.4 if i == 3 else 0.0,
-                          ci_high=0.8 if i == 3 else 0.1, layer=f"L{i}", position_label="subject") for i in range(10)]
-            return pd.DataFrame(rows)
+        def __init__(self, selectivity):
+            self.selectivity = torch.tensor(selectivity)
 
-    sets = probe_sets(Probes())
-    assert sets["test"]["best"] is None and sets["test"]["n_above_chance"] == 0
-    assert sets["cross_val"]["best"]["layer"] == "L3" and sets["cross_val"]["n_above_chance"] == 1
+    flat = probe_numbers(Probes([[0.0, -0.02], [-0.01, 0.0]]))  # every site at or below its control task
+    assert flat["selected"] is None and flat["n_selective"] == 0
+    one = probe_numbers(Probes([[0.0, 0.4], [-0.01, 0.0]]))
+    assert one["selected"]["layer"] == "L1 attn_out" and one["n_selective"] == 1
     numbers = {"interventions": {"skipped": {"reason": "r", "split_sizes": {"reverse_seen": 1}}},
                "weights": {"skipped": {"reason": "the entities have several tokens", "max_tokens_per_entity": 2}},
-               "probes": {"chance": 0.05, "sets": sets}, "gradients": {"per_split": {}},
-               "starvation": {"n_starved": 0, "n_held_out": 3, "embed_shift": {}}}
+               "probes": flat, "interchange": {"skipped": {"reason": "too few", "split_sizes": {"reverse_seen": 3}}},
+               "gradients": {"per_split": {}}, "starvation": {"n_starved": 0, "n_held_out": 3, "embed_shift": {}}}
     findings = reverse_findings(numbers)
-    assert any("no site reads the answer above chance" in f and "<bos>" not in f for f in findings)
-    assert any("1 of 10 sites read the answer above chance" in f and "L3" in f for f in findings)
+    assert any("no site is selective" in f and "no site is named" in f for f in findings)
+    numbers["probes"] = one
+    assert any("1 of 4 sites are selective" in f and "3 of 7 times" in f for f in reverse_findings(numbers))
     assert "Effective weights: not run, since the entities have several tokens (max tokens per entity: 2)." in findings
     assert skipped("Probes", {"reason": "lengths differ", "prompt_lengths": {3: 10, 5: 2}}) == (
         "Probes: not run, since lengths differ (prompt lengths: 3 (10), 5 (2)).")

@@ -191,22 +191,42 @@ def reverse_findings(numbers: dict) -> list[str]:
     if "skipped" in probes:
         findings.append(skipped("Probes", probes["skipped"]))
     else:
-        for name, probe_set in probes["sets"].items():
-            what = "seen pairs whose answer the probe never trained on" if name == "cross_val" else "held-out pairs"
-            best = probe_set["best"]
-            if best is None:
-                findings.append(
-                    f"Linear probe for the answer's identity on {what}: no site reads the answer above chance "
-                    f"{pct(probes['chance'])} (every one of {probe_set['n_sites']} sites has a 95 % interval reaching "
-                    f"chance or below; highest accuracy {pct(probe_set['max_accuracy'])})."
-                )
-            else:
-                findings.append(
-                    f"Linear probe for the answer's identity on {what}: {probe_set['n_above_chance']} of "
-                    f"{probe_set['n_sites']} sites read the answer above chance; the most accurate, "
-                    f"{best['layer']}, {best['position']}: {pct(best['accuracy'])} [95 % CI {pct(best['low'])}, "
-                    f"{pct(best['high'])}] (chance {pct(probes['chance'])})."
-                )
+        selected = probes["selected"]
+        if selected is None:
+            findings.append(
+                f"Linear probes for the subject's identity (input-embedding targets, at every layer's residual stream "
+                f"and attention and MLP outputs): no site is selective (cross-validated accuracy on seen pairs minus "
+                f"a control task at most {num(probes['max_selectivity'], 3)} over {probes['n_sites']} sites), so no "
+                "site is named."
+            )
+        else:
+            findings.append(
+                f"Linear probes for the subject's identity: {probes['n_selective']} of {probes['n_sites']} sites are "
+                f"selective; the most selective on cross-validation over seen pairs, {selected['layer']} at "
+                f"{selected['position_label']} (selectivity {num(selected['selectivity'], 3)}), reads held-out pairs "
+                f"{selected['test_hits']} of {selected['n_test']} times ({pct(selected['test_accuracy'])}, exact 95 % "
+                f"CI {pct(selected['test_ci_low'])}, {pct(selected['test_ci_high'])}; chance "
+                f"{pct(selected['chance'])}, one-sided p = {selected['p_value']:.2g})."
+            )
+    interchange = numbers["interchange"]
+    if "skipped" in interchange:
+        findings.append(skipped("Subspace interchange", interchange["skipped"]))
+    else:
+        rows = {(r["set"], r["intervention"]): r for r in interchange["rows"]}
+        parts = []
+        for set_name, what in (("seen", "seen reverse pairs (the positive control)"), ("held_out", "held-out pairs")):
+            if (set_name, "subspace") not in rows:
+                continue
+            r = rows[set_name, "subspace"]
+            controls = ", ".join(f"{i} {rows[set_name, i]['hits']}" for i in ("placebo", "random")
+                                 if (set_name, i) in rows)
+            parts.append(f"on {what} it moves the answer to the source's {r['hits']} of {r['n']} times (exact 95 % "
+                         f"CI {pct(r['ci_low'])}, {pct(r['ci_high'])}; {controls})")
+        findings.append(
+            f"Interchanging a rank-{interchange['rank']} subspace ({interchange['method'].replace('_', ' ')}, "
+            f"{interchange['hook']} at the subject, fitted on {interchange['n_fit']} seen pairs): " + "; ".join(parts)
+            + "."
+        )
     gradients = numbers["gradients"]
     if "skipped" in gradients:
         findings.append(skipped("Gradient view", gradients["skipped"]))
