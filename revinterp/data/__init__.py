@@ -22,7 +22,16 @@ from revinterp.data.facts import (
     Statement,
     split_facts,
 )
-from revinterp.data.generators import chain_experiment, knowledge_graph, seed_experiment, with_attributes
+from revinterp.data.generators import (
+    STARVATION_CELLS,
+    chain_experiment,
+    knowledge_graph,
+    leaking_statements,
+    seed_experiment,
+    starvation_cell,
+    with_answer_feeding,
+    with_attributes,
+)
 from revinterp.data.mitigations import MITIGATIONS, apply_mitigation
 from revinterp.data.tokenizer import UnknownWordError, build_tokenizer, load_tokenizer, save_tokenizer
 
@@ -33,5 +42,5 @@ __all__ = [
     "REVERSE_ONLY", "REVERSE_SEEN", "SPLITS", "EncodedStatements", "FactFileError", "FactSet",
     "Relation", "Statement", "UnknownWordError", "build_tokenizer", "chain_experiment",
     "encode_statements", "load_fact_file", "load_tokenizer", "save_tokenizer", "seed_experiment",
-    "split_facts",
+    "split_facts", "STARVATION_CELLS", "leaking_statements", "starvation_cell", "with_answer_feeding",
 ]

@@ -7,11 +7,15 @@
 - :func:`chain_experiment`: ``x -> y``, ``y -> z`` and the composed ``x ~> z`` with a held-out
   fraction of the composed facts (transitivity).
 
-Controls for *embedding starvation* (in the seed setup the subject of a held-out question never
-appears as an input in training, so its embedding gets no gradient): :func:`with_attributes` gives
-every entity a second, unrelated trained fact; :func:`knowledge_graph` draws facts among one pool of
-entities so every entity takes part in several; ``seed_experiment(shared_tokens=True)`` builds
-multi-token entities from one shared token pool.
+Controls for *embedding starvation*, which has two sides. In the seed setup the subject of a held-out
+question never appears as an input in training, so its embedding gets no gradient (input side), and its
+answer is never a training target, so its unembedding is only ever pushed down (answer side).
+:func:`with_attributes` gives every entity a second, unrelated trained fact with the entity as subject
+(feeds the input side); :func:`with_answer_feeding` trains every entity as the answer of an unrelated
+fact (feeds the answer side); :func:`starvation_cell` builds the four cells of the 2x2 design from
+either or both; :func:`knowledge_graph` draws facts among one pool of entities so every entity takes
+part in several (both sides fed); ``seed_experiment(shared_tokens=True)`` builds multi-token entities
+from one shared token pool.
 """
 
 from __future__ import annotations
@@ -213,6 +217,11 @@ def knowledge_graph(
     between distinct entities, so every question ``(subject, relation)`` has one answer in both
     directions; on average an entity takes part in ``facts_per_entity`` facts, as subject or object,
     and so appears as an input of trained statements. Facts are split as in the seed experiment.
+
+    It is the natural variant of the "both fed" cell of the starvation design (:func:`starvation_cell`):
+    most entities are the subject of some trained statement (input side fed) and the object of another
+    (answer side fed), without any added unrelated statement; a random graph can still leave an entity
+    in one held-out fact only, so check with :mod:`revinterp.analysis.starvation`.
     """
     check_count("n_entities", n_entities, 4)
     check_count("n_relations", n_relations, 1, len(NAMED_RELATIONS))
@@ -256,30 +265,146 @@ def knowledge_graph(
     return FactSet(relations=relations, statements=statements, source=source)
 
 
-def with_attributes(facts: FactSet, *, n_values: int = 20, relation: str = "lives_in", seed: int = 0) -> FactSet:
-    """``facts`` plus one unrelated, trained attribute fact per entity: ``e lives_in c_k``.
-
-    The values ``c0 .. c{n_values-1}`` are shared (many entities live in one city), the attribute
-    relation has no inverse, and its statements form the ``attribute`` split. Every entity is then
-    the subject of a trained statement, so its input embedding is trained.
-    """
-    check_count("n_values", n_values, 1)
-    check_seed(seed)
+def check_new_relation(facts: FactSet, relation: str) -> None:
+    """Raise a ValueError unless ``relation`` is a valid relation name that ``facts`` does not use yet."""
     problem = relation_name_problem(relation)
     if problem:
         raise ValueError(f"relation={relation!r} {problem}; expected {RELATION_NAME}")
     if relation in facts.relations:
         raise ValueError(f"relation {relation!r} is already in the fact set")
-    rng = random.Random(seed)
-    entities = sorted({s.subject for s in facts.statements} | {s.object for s in facts.statements})
+
+
+def fact_entities(facts: FactSet) -> list[str]:
+    """Every entity that is the subject or object of a statement, sorted."""
+    return sorted({s.subject for s in facts.statements} | {s.object for s in facts.statements})
+
+
+def add_attribute_statements(
+    facts: FactSet, relation: str, pairs: list[tuple[str, str]], source_key: str, params: dict
+) -> FactSet:
+    """``facts`` plus trained statements ``subject relation object`` for ``pairs``, in the ``attribute``
+    split, through a new relation without inverse; ``params`` are recorded under ``source[source_key]``."""
+    check_new_relation(facts, relation)
     first_fact = 1 + max(s.fact for s in facts.statements)
     added = tuple(
-        Statement(e, relation, f"c{rng.randrange(n_values)}", first_fact + k, "attribute", ATTRIBUTE)
-        for k, e in enumerate(entities)
+        Statement(subject, relation, obj, first_fact + k, "attribute", ATTRIBUTE)
+        for k, (subject, obj) in enumerate(pairs)
     )
     relations = {**facts.relations, relation: Relation(relation, None, SYMBOLIC_TEMPLATE % relation)}
-    source = {**facts.source, "attributes": dict(relation=relation, n_values=n_values, seed=seed)}
+    source = {**facts.source, source_key: params}
     return FactSet(relations=relations, statements=facts.statements + added, source=source)
+
+
+def with_attributes(facts: FactSet, *, n_values: int = 20, relation: str = "lives_in", seed: int = 0) -> FactSet:
+    """``facts`` plus one unrelated, trained attribute fact per entity: ``e lives_in c_k``.
+
+    The values ``c0 .. c{n_values-1}`` are shared (many entities live in one city), the attribute
+    relation has no inverse, and its statements form the ``attribute`` split. Every entity is then
+    the subject of a trained statement, so its input embedding is trained (the input side of
+    embedding starvation is fed; the answer side is not: no existing entity becomes a target).
+    """
+    check_count("n_values", n_values, 1)
+    check_seed(seed)
+    check_new_relation(facts, relation)
+    rng = random.Random(seed)
+    pairs = [(e, f"c{rng.randrange(n_values)}") for e in fact_entities(facts)]
+    return add_attribute_statements(facts, relation, pairs, "attributes",
+                                    dict(relation=relation, n_values=n_values, seed=seed))
+
+
+def with_answer_feeding(
+    facts: FactSet, *, relation: str = "has_member", prefix: str = "h", entities=None, seed: int = 0
+) -> FactSet:
+    """``facts`` plus one unrelated, trained fact per entity with the entity as its *answer*: ``h_k has_member e``.
+
+    Every entity is then a training target, so its unembedding is pulled up at least once (the answer side
+    of embedding starvation is fed; the input side is not: every added subject is a new entity). Each added
+    subject ``{prefix}0 ..`` belongs to one statement (assigned in a random order): a shared subject would
+    make a question with many answers, which can never be fitted (its answer probability is at most one
+    over the number of members), so training would never stop at fit. The statements form the
+    ``attribute`` split, through a new relation without inverse. ``entities`` (default: every entity of
+    ``facts``) are the ones fed.
+    """
+    check_seed(seed)
+    check_new_relation(facts, relation)
+    known = fact_entities(facts)
+    entities = known if entities is None else sorted(set(entities))
+    unknown = sorted(set(entities) - set(known))
+    if unknown:
+        raise ValueError(f"entities {unknown[:3]} are not entities of the fact set")
+    holders = [f"{prefix}{k}" for k in range(len(entities))]
+    vocabulary = set(facts.vocabulary())
+    clash = [h for h in holders if h in vocabulary]
+    if clash or any(relation_name_problem(h) for h in holders[:1]):
+        raise ValueError(f"prefix={prefix!r}: the new subjects {clash[:3] or holders[:1]} are already words of the "
+                         "fact set or not valid words; expected a prefix that makes fresh entity names")
+    random.Random(seed).shuffle(holders)
+    return add_attribute_statements(facts, relation, list(zip(holders, entities)), "answer_feeding",
+                                    dict(relation=relation, prefix=prefix, seed=seed))
+
+
+STARVATION_CELLS: dict[str, tuple[bool, bool]] = {
+    "none": (False, False),
+    "subject": (True, False),
+    "answer": (False, True),
+    "both": (True, True),
+}
+"""The cells of the 2x2 starvation design by name: ``(feed_subject, feed_answer)``."""
+
+
+def leaking_statements(facts: FactSet) -> tuple[Statement, ...]:
+    """Added (``attribute``) statements that relate the two entities of a held-out statement, in either
+    order: they would teach the held-out fact, or its other direction, outright. Empty for every cell of
+    :func:`starvation_cell`."""
+    held_out = {frozenset((s.subject, s.object)) for s in facts.split("held_out")}
+    return tuple(s for s in facts.split(ATTRIBUTE) if frozenset((s.subject, s.object)) in held_out)
+
+
+def starvation_cell(
+    facts: FactSet, *, feed_subject: bool, feed_answer: bool, n_values: int = 8, seed: int = 0
+) -> FactSet:
+    """One cell of the 2x2 embedding-starvation design, built from ``facts`` (e.g. the seed experiment).
+
+    - ``feed_subject``: every entity (so every held-out question's subject) is the subject of an unrelated
+      trained fact ``e lives_in c_k`` with ``n_values`` shared values (:func:`with_attributes`);
+    - ``feed_answer``: every entity (so every held-out answer) is the answer of an unrelated trained fact
+      ``h_k has_member e`` with a fresh subject (:func:`with_answer_feeding`).
+
+    Both kinds of added statements are in the trained ``attribute`` split; the held-out statements are the
+    same as in ``facts`` and stay held out, and no added statement relates the two entities of a held-out
+    statement (checked). Both feedings feed the entities of ``facts`` only: the ``c_k`` get no ``has_member``
+    fact, and the ``h_k`` no ``lives_in`` one. With neither flag the cell is
+    ``facts`` itself (its source records the cell). :func:`knowledge_graph` is the natural variant of the
+    "both fed" cell: there every entity is subject and object of some relational fact.
+
+    Example:
+        >>> from revinterp.data import seed_experiment, starvation_cell
+        >>> cell = starvation_cell(seed_experiment(20, held_out_direction="forward"), feed_subject=False,
+        ...                        feed_answer=True)
+        >>> sorted({s.relation for s in cell.split("attribute")})
+        ['has_member']
+    """
+    for name, flag in (("feed_subject", feed_subject), ("feed_answer", feed_answer)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name}={flag!r}: expected True or False")
+    check_count("n_values", n_values, 1)
+    check_seed(seed)
+    entities = fact_entities(facts)
+    out = facts
+    if feed_subject:
+        clash = sorted({f"c{k}" for k in range(n_values)} & set(facts.vocabulary()))
+        if clash:
+            raise ValueError(f"the lives_in values {clash[:3]} are already words of the fact set")
+        out = with_attributes(out, n_values=n_values, seed=seed)
+    if feed_answer:  # the entities of ``facts`` only: the lives_in values c_k are not fed as answers
+        out = with_answer_feeding(out, entities=entities, seed=seed + 1)
+    leaks = leaking_statements(out)
+    if leaks:  # cannot happen with fresh names; kept as the invariant's guard
+        raise ValueError(f"added statements relate the entities of a held-out statement: {leaks[:3]}")
+    cell = next(name for name, flags in STARVATION_CELLS.items() if flags == (feed_subject, feed_answer))
+    source = {**out.source, "starvation_cell": dict(cell=cell, feed_subject=feed_subject, feed_answer=feed_answer,
+                                                     n_values=n_values, seed=seed)}
+    return FactSet(relations=out.relations, statements=out.statements, source=source)
 
 
 def chain_experiment(
