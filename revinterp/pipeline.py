@@ -34,6 +34,7 @@ SEEN_REVERSE_SPLITS = ("reverse_seen", "reverse_only")
 HELD_OUT_SPLITS = ("reverse_held_out", "forward_held_out", "chain_composed_held_out")
 PROBE_SPLITS = ("reverse_seen", "reverse_held_out")
 LOCALIZE_TARGET = 0.8
+CIRCUIT_MAX_EDGES = 10
 WEIGHT_BASELINE = "split"
 """Effective-weight entries are reported above their split's off-fact baseline (``EffectiveWeights.effect``),
 at the end of training in the reverse stage and as a change since step 0 in the dynamics stage."""
@@ -242,6 +243,7 @@ def forward_stage(run, max_pairs: int, progress: bool = False) -> StageResult:
     isolated(result, "localize", lambda out: measure_localize(run, pairs, out))
     isolated(result, "dla", lambda out: measure_dla(run, pairs, out))
     isolated(result, "logit_lens", lambda out: measure_logit_lens(run, pairs, out))
+    isolated(result, "circuit", lambda out: measure_circuit(run, pairs, out))
     heads = [] if "skipped" in numbers["dla"] else numbers["dla"]["top_heads"]
     isolated(result, "attention", lambda out: measure_attention(run, pairs, heads, max_pairs, out))
     return result
@@ -293,6 +295,17 @@ def measure_logit_lens(run, pairs, out: StageResult) -> dict:
     out.figure("logit_lens", "Logit lens: answer log-probability after every layer", lens.plot())
     return {"labels": list(lens.labels), "accuracy": accuracy,
             "first_majority_top": next((lens.labels[i] for i, a in enumerate(accuracy) if a >= 0.5), None)}
+
+
+def measure_circuit(run, pairs, out: StageResult) -> dict:
+    from revinterp.analysis.circuit import find_circuit
+
+    if len(pairs) < 8:
+        raise Skip("fewer than eight prompt pairs (a circuit is found on half and measured on the other half)",
+                   n_pairs=len(pairs))
+    circuit = find_circuit(run.model, pairs, max_edges=CIRCUIT_MAX_EDGES)
+    out.figure("circuit", "The forward circuit: edges found on half the pairs (width = effect)", circuit.plot())
+    return circuit.to_numbers()
 
 
 def measure_attention(run, pairs, heads: list[str], max_pairs: int, out: StageResult) -> dict:

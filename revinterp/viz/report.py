@@ -148,6 +148,17 @@ def forward_findings(numbers: dict) -> list[str]:
         findings.append("Direct logit attribution: the largest direct contributions to the logit difference are "
                         + ", ".join(f"{part['label']} ({num(part['mean'])})" for part in top)
                         + f" of a total {num(dla['total'])}.")
+    circuit = numbers["circuit"]
+    if "skipped" in circuit:
+        findings.append(skipped("Circuit", circuit["skipped"]))
+    else:
+        findings.append(
+            f"Circuit: {circuit['n_edges']} edges (at most {circuit['max_edges']}), found by edge attribution and "
+            f"pruning on {circuit['n_discovery']} pairs, recover {interval(circuit['held_out_recovered_corrupted'])} "
+            f"of the clean logit difference alone on the other {circuit['n_evaluation']} pairs (edges outside it get "
+            f"the corrupted run's writes; {interval(circuit['held_out_recovered_mean'])} with mean writes): "
+            + "; ".join(circuit["edges"]) + "."
+        )
     lens = numbers["logit_lens"]
     if "skipped" in lens:
         findings.append(skipped("Logit lens", lens["skipped"]))
