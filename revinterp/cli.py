@@ -54,6 +54,10 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--attributes", type=int, default=0, metavar="N",
                    help="give every entity an unrelated trained fact 'e lives_in c_k' with N shared values "
                         "(starvation control; 0 = off)")
+    g.add_argument("--feed", choices=("none", "subject", "answer", "both"), default="none",
+                   help="the 2x2 starvation design: feed every entity as an input ('e lives_in c_k', N = --attributes "
+                        "or 8 values), as a training target ('h_k has_member e', a fresh subject each), both, or "
+                        "none (default)")
     g.add_argument("--mitigation", choices=("none", "reverse_token", "reverse_entity", "permute", "identity_bridge"),
                    default="none",
                    help="add a mitigation's training statements: reverse training by token or by entity "
@@ -158,6 +162,7 @@ def make_facts(args):
         knowledge_graph,
         load_fact_file,
         seed_experiment,
+        starvation_cell,
         with_attributes,
     )
 
@@ -184,8 +189,12 @@ def make_facts(args):
             tokens_per_entity=args.tokens_per_entity, n_relations=args.relations, template=args.template,
             shared_tokens=args.shared_tokens, seed=args.seed,
         )
-    if args.attributes:
+    if args.attributes and args.feed not in ("subject", "both"):
         facts = with_attributes(facts, n_values=args.attributes, seed=args.seed)
+    if args.feed != "none":
+        facts = starvation_cell(facts, feed_subject=args.feed in ("subject", "both"),
+                                feed_answer=args.feed in ("answer", "both"), n_values=args.attributes or 8,
+                                seed=args.seed)
     return facts if args.mitigation == "none" else apply_mitigation(facts, args.mitigation)
 
 
