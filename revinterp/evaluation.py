@@ -5,12 +5,18 @@ relation ``r``, see :meth:`FactSet.candidates`):
 
 - score(c) = log p(c | s r), summed over the candidate's tokens with teacher forcing;
 - **accuracy**: the answer has the highest score among the M candidates (chance 1/M);
-- **rank**: 1 + the number of candidates scored above the answer (chance (M + 1) / 2);
+- **rank**: 1 + the number of candidates scored above the answer (chance (M + 1) / 2); NaN never wins: a
+  candidate scored NaN counts as above the answer, and an answer scored NaN or -inf ranks below every
+  candidate, itself included (M + 1), so it is never correct;
 - **logprob_candidates**: log softmax of the scores at the answer (uniform baseline -ln M);
 - **logprob**: log p(answer) over the whole vocabulary (uniform baseline -k ln V for k tokens);
 - **vocab_accuracy**: every answer token is the arg max over the whole vocabulary.
 
 Per-example values are kept; split means come with bootstrap intervals (:mod:`revinterp.stats`).
+
+:func:`evaluate` refuses a model whose weights or outputs are not finite
+(:class:`revinterp.models.NonFiniteError` names the tensor): NaN compares false with everything, so such a model
+would otherwise look perfect.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from revinterp.data import SPLITS, EncodedStatements, FactSet, Statement, encode_statements
+from revinterp.models import check_finite, check_finite_output, unpack_run
 from revinterp.stats import Estimate, bootstrap_ci
 
 ROWS_PER_BATCH = 4096
@@ -183,32 +190,54 @@ def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def answer_scores(model, encoded: EncodedStatements) -> tuple[Float[Tensor, " n"], Bool[Tensor, " n"]]:
+def answer_scores(model, encoded: EncodedStatements, *, check: bool = False
+                  ) -> tuple[Float[Tensor, " n"], Bool[Tensor, " n"]]:
     """Log p(answer) summed over the answer tokens, and whether every answer token is the arg max.
 
-    The answer token at position ``p`` is scored with the logits at ``p - 1``.
+    The answer token at position ``p`` is scored with the logits at ``p - 1``. A token whose log-probability is
+    not finite is never the arg max. With ``check``, non-finite logits raise
+    :class:`~revinterp.models.NonFiniteError`.
     """
     logprob, greedy = [], []
     device = model_device(model)
     for start in range(0, len(encoded), ROWS_PER_BATCH):
         chunk = encoded.select(torch.arange(start, min(start + ROWS_PER_BATCH, len(encoded))))
         tokens = chunk.tokens.to(device)
-        logp = model(tokens).log_softmax(-1)[:, :-1]
+        logits = model(tokens)
+        if check:
+            check_finite_output(logits, "logits")
+        logp = logits.log_softmax(-1)[:, :-1]
         target = tokens[:, 1:]
         token_logp = logp.gather(-1, target[..., None])[..., 0]
         mask = chunk.answer_mask.to(device)[:, 1:]
-        logprob.append((token_logp * mask).sum(-1).cpu())
-        greedy.append(((logp.argmax(-1) == target) | ~mask).all(-1).cpu())
+        logprob.append(torch.where(mask, token_logp, 0.0).sum(-1).cpu())
+        top = (logp.argmax(-1) == target) & torch.isfinite(token_logp)
+        greedy.append((top | ~mask).all(-1).cpu())
     return torch.cat(logprob), torch.cat(greedy)
 
 
+def answer_rank(scores: Float[Tensor, "n m"], answer_index: Int[Tensor, " n"]) -> Int[Tensor, " n"]:
+    """1 + the number of candidates scored above the answer, where NaN never wins.
+
+    A candidate scored NaN (or +inf) counts as above the answer; an answer scored NaN or -inf (or +inf) is above
+    nothing and below every candidate, itself included, so its rank is M + 1 and it is never correct.
+    """
+    answer = scores.gather(1, answer_index[:, None])
+    beats = (scores > answer) | torch.isnan(scores) | ~torch.isfinite(answer)
+    itself = torch.zeros_like(beats).scatter_(1, answer_index[:, None], True)
+    beats = beats & ~(itself & torch.isfinite(answer))
+    return 1 + beats.sum(-1)
+
+
 def candidate_scores(
-    model, facts: FactSet, statements: Sequence[Statement], tokenizer
+    model, facts: FactSet, statements: Sequence[Statement], tokenizer, *, check: bool = False
 ) -> tuple[Float[Tensor, " n"], Int[Tensor, " n"], Int[Tensor, " n"]]:
     """Per statement: log softmax over its candidates at the answer, the answer's rank, and M.
 
     Every candidate ``c`` is scored as log p(c | prompt) with teacher forcing; when all candidates
     are single tokens this is one forward of the prompt, else one row per (statement, candidate).
+    Ranks are NaN-safe (:func:`answer_rank`); with ``check``, non-finite scores raise
+    :class:`~revinterp.models.NonFiniteError`.
     """
     n = len(statements)
     logprob_candidates = torch.empty(n)
@@ -230,38 +259,47 @@ def candidate_scores(
                 chunk = prompts.select(torch.arange(start, min(start + ROWS_PER_BATCH, len(rows))))
                 last = (chunk.prompt_lengths - 1).to(device)
                 logits = model(chunk.tokens.to(device))
+                if check:
+                    check_finite_output(logits, "logits")
                 logp = logits[torch.arange(len(chunk), device=device), last].log_softmax(-1)
                 scores.append(logp[:, ids].cpu())
             scores = torch.cat(scores)
         else:
             scores = torch.cat([
-                multi_token_candidate_scores(model, facts, statements[i], candidates, tokenizer)[None]
+                multi_token_candidate_scores(model, facts, statements[i], candidates, tokenizer, check=check)[None]
                 for i in rows
             ])
+        if check:
+            check_finite_output(scores, f"candidate scores of relation {relation!r}")
         answer_score = scores.gather(1, answer_index[:, None])[:, 0]
         idx = torch.tensor(rows)
         logprob_candidates[idx] = answer_score - scores.logsumexp(-1)
-        rank[idx] = 1 + (scores > answer_score[:, None]).sum(-1)
+        rank[idx] = answer_rank(scores, answer_index)
         n_candidates[idx] = len(candidates)
     return logprob_candidates, rank, n_candidates
 
 
-def multi_token_candidate_scores(model, facts, statement, candidates, tokenizer) -> Float[Tensor, " m"]:
+def multi_token_candidate_scores(model, facts, statement, candidates, tokenizer, *, check: bool = False
+                                 ) -> Float[Tensor, " m"]:
     """log p(c | prompt of ``statement``) for every candidate ``c``, one row per candidate."""
     rows = [Statement(statement.subject, statement.relation, c, -1, statement.direction, statement.split)
             for c in candidates]
     encoded = encode_statements(facts, rows, tokenizer)
-    return answer_scores(model, encoded)[0]
+    return answer_scores(model, encoded, check=check)[0]
 
 
 @torch.no_grad()
-def evaluate(model, facts: FactSet, splits: Sequence[str] | None = None, *, tokenizer=None) -> Behaviour:
+def evaluate(model, facts: FactSet | None = None, splits: Sequence[str] | None = None, *, tokenizer=None
+             ) -> Behaviour:
     """Behaviour of ``model`` on each split of ``facts`` (default: every non-empty split).
 
-    The model is put in eval mode for the call and returned to its previous mode.
+    Takes ``evaluate(run)`` for a :class:`~revinterp.models.LoadedRun` or ``evaluate(model, facts)``. The model is
+    put in eval mode for the call and returned to its previous mode. Weights or outputs that are not finite raise
+    :class:`~revinterp.models.NonFiniteError` naming the tensor (never a result).
     """
-    tokenizer = tokenizer if tokenizer is not None else model.tokenizer
+    model, facts, tokenizer = unpack_run(model, facts, tokenizer)
     splits = list(splits) if splits is not None else facts.split_names
+    check_finite(model)
     was_training = model.training
     model.eval()
     try:
@@ -271,10 +309,13 @@ def evaluate(model, facts: FactSet, splits: Sequence[str] | None = None, *, toke
             if not statements:
                 raise ValueError(f"split {name!r} is empty in this fact set; non-empty: {facts.split_names}")
             encoded = encode_statements(facts, statements, tokenizer)
-            logprob, vocab_correct = answer_scores(model, encoded)
-            logprob_candidates, rank, n_candidates = candidate_scores(model, facts, statements, tokenizer)
+            logprob, vocab_correct = answer_scores(model, encoded, check=True)
+            check_finite_output(logprob, f"log p(answer) on split {name!r}")
+            logprob_candidates, rank, n_candidates = candidate_scores(model, facts, statements, tokenizer, check=True)
+            check_finite_output(logprob_candidates, f"log p(answer among candidates) on split {name!r}")
             result[name] = SplitBehaviour(
-                split=name, statements=statements, correct=rank == 1, rank=rank, logprob=logprob,
+                split=name, statements=statements, correct=(rank == 1) & torch.isfinite(logprob_candidates),
+                rank=rank, logprob=logprob,
                 logprob_candidates=logprob_candidates, vocab_correct=vocab_correct,
                 n_candidates=n_candidates, answer_lengths=encoded.answer_lengths,
                 vocab_size=len(tokenizer),

@@ -8,7 +8,11 @@ of :mod:`revinterp.data.tokenizer`. A run directory holds what is needed to rebu
     tokenizer.json      the word-level tokenizer
     facts.json          the fact manifest (every statement with its split)
 
-Reloading gives bit-identical logits (tested).
+Reloading gives bit-identical logits (tested). Everything read back is checked first: each file against the
+shape it must have (:class:`CheckpointError` names the file, the field and what was expected), the weights for
+NaN and infinities (:func:`check_finite`, :class:`NonFiniteError` names the tensor), the run for a diverged
+training (:class:`DivergedRunError`, recorded in ``training.json`` by :func:`revinterp.training.train`) and for
+a writer that still holds it (:mod:`revinterp.rundir`).
 """
 
 from __future__ import annotations
@@ -20,20 +24,37 @@ from pathlib import Path
 import torch
 
 from revinterp.data import FactSet, build_tokenizer, load_tokenizer, save_tokenizer
-from revinterp.io import atomic_write, atomic_write_text
+from revinterp.data.tokenizer import SPECIAL_TOKENS
+from revinterp.io import atomic_write, json_text, write_json
+from revinterp.rundir import check_not_being_written
 
 FORMAT_VERSION = 1
 MODEL_CONFIG_FILE = "model.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 FACTS_FILE = "facts.json"
+TRAINING_FILE = "training.json"
 
 NORMALIZATION_TYPES = ("LN", "LNPre", "RMS", "RMSPre", None)
 POSITIONAL_EMBEDDINGS = ("standard", "rotary")
+ACTIVATIONS = ("gelu", "gelu_new", "relu", "silu", "swish", "solu", "solu_ln")
+"""The activation functions of TransformerLens's native models."""
 
 
 class CheckpointError(ValueError):
     """A checkpoint or run directory that is corrupt, incomplete or does not match its config."""
+
+
+class NonFiniteError(ValueError):
+    """Weights or outputs of a model that hold NaN or infinities: such a model has no meaningful results."""
+
+
+class DivergedRunError(NonFiniteError):
+    """A run directory whose training diverged (its loss or weights became non-finite); it holds no usable model."""
+
+
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -57,6 +78,18 @@ class ModelConfig:
     seed: int = 0
 
     def __post_init__(self):
+        for name in ("n_layers", "d_model", "n_heads", "d_mlp"):
+            value = getattr(self, name)
+            if not is_int(value) or value < 1:
+                raise ValueError(f"{name}={value!r}: expected a positive integer")
+        for name in ("d_vocab", "n_ctx", "seed"):
+            value = getattr(self, name)
+            if not is_int(value) or value < 0:
+                raise ValueError(f"{name}={value!r}: expected a non-negative integer")
+        if not isinstance(self.attn_only, bool):
+            raise ValueError(f"attn_only={self.attn_only!r}: expected true or false")
+        if self.act_fn not in ACTIVATIONS:
+            raise ValueError(f"act_fn={self.act_fn!r}: expected one of {ACTIVATIONS}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.normalization_type not in NORMALIZATION_TYPES:
@@ -68,6 +101,9 @@ class ModelConfig:
                 f"positional_embedding_type={self.positional_embedding_type!r}: "
                 f"expected one of {POSITIONAL_EMBEDDINGS}"
             )
+        if self.positional_embedding_type == "rotary" and self.d_head % 2:
+            raise ValueError(f"rotary positions need an even d_head; d_model={self.d_model} / "
+                             f"n_heads={self.n_heads} = {self.d_head}")
 
     @property
     def d_head(self) -> int:
@@ -112,16 +148,63 @@ def build_model(config: ModelConfig, tokenizer, device: torch.device | str | Non
 
 def config_for_data(config: ModelConfig, facts: FactSet, tokenizer) -> ModelConfig:
     """``config`` with ``d_vocab`` and ``n_ctx`` set from the tokenizer and the longest statement."""
+    if not facts.statements:
+        raise ValueError("the fact set has no statements; expected at least one to size the model")
     longest = max(1 + len(facts.text(s).split()) for s in facts.statements)  # +1 for <bos>
     return replace(config, d_vocab=len(tokenizer), n_ctx=longest)
 
 
+# -- finiteness ------------------------------------------------------------------------------------
+def non_finite_summary(name: str, tensor: torch.Tensor) -> str | None:
+    """``"blocks.0.attn.W_Q holds 3 NaN and 1 infinite values of 4096"``, or None for a finite tensor."""
+    if not (tensor.is_floating_point() or tensor.is_complex()):
+        return None
+    finite = torch.isfinite(tensor)
+    if bool(finite.all()):
+        return None
+    n_nan = int(torch.isnan(tensor).sum())
+    n_inf = int((~finite).sum()) - n_nan
+    parts = [f"{n_nan} NaN"] * bool(n_nan) + [f"{n_inf} infinite"] * bool(n_inf)
+    return f"{name} holds {' and '.join(parts)} values of {tensor.numel()}"
+
+
+def check_finite(model_or_tensors, source: str = "model") -> None:
+    """Raise :class:`NonFiniteError` naming the first tensor that holds NaN or infinities.
+
+    Args:
+        model_or_tensors: a model (its ``state_dict()``, parameters and buffers, is checked), a dict of named
+            tensors, or one tensor.
+        source: what the tensors are, for the message (``"checkpoint runs/x/model.safetensors"``).
+
+    Evaluation (:func:`revinterp.evaluation.evaluate`) and loading (:func:`load_weights`, :func:`load_run`) call it:
+    a model with non-finite weights has no meaningful behaviour (every comparison with NaN is false).
+    """
+    if isinstance(model_or_tensors, torch.Tensor):
+        tensors = {"tensor": model_or_tensors}
+    elif isinstance(model_or_tensors, dict):
+        tensors = model_or_tensors
+    else:
+        tensors = model_or_tensors.state_dict()
+    bad = [summary for name, t in tensors.items() if (summary := non_finite_summary(name, t)) is not None]
+    if bad:
+        more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
+        raise NonFiniteError(
+            f"{source}: weights are not finite: {bad[0]}{more}; such a model has no meaningful results "
+            "(its training diverged or the file was damaged): retrain, e.g. with a smaller --lr"
+        )
+
+
+def check_finite_output(values: torch.Tensor, what: str) -> None:
+    """Raise :class:`NonFiniteError` when a model output (logits, scores) holds NaN or infinities."""
+    summary = non_finite_summary(what, values)
+    if summary is not None:
+        raise NonFiniteError(f"model outputs are not finite: {summary}; expected finite logits (are the weights "
+                             "finite? the inputs within the vocabulary?)")
+
+
 # -- run directory: model side -------------------------------------------------------------------
 def write_model_config(run_dir: Path, config: ModelConfig) -> None:
-    atomic_write_text(
-        run_dir / MODEL_CONFIG_FILE,
-        json.dumps({"format_version": FORMAT_VERSION, "model": asdict(config)}, indent=1),
-    )
+    write_json(run_dir / MODEL_CONFIG_FILE, {"format_version": FORMAT_VERSION, "model": asdict(config)})
 
 
 def save_model(run_dir: Path, model, config: ModelConfig) -> None:
@@ -135,7 +218,7 @@ def save_weights(path: Path, tensors: dict[str, torch.Tensor], config: ModelConf
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    meta = {"model_config": json.dumps(asdict(config), sort_keys=True)}
+    meta = {"model_config": json_text(asdict(config), indent=None, sort_keys=True)}
     meta.update({k: str(v) for k, v in metadata.items()})
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
@@ -152,7 +235,7 @@ def read_weights(path: Path, config: ModelConfig) -> tuple[dict[str, torch.Tenso
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
     except Exception as e:  # safetensors raises its own error types for truncated or garbled files
         raise CheckpointError(f"checkpoint {path}: unreadable safetensors file ({e})") from None
-    expected = json.dumps(asdict(config), sort_keys=True)
+    expected = json_text(asdict(config), indent=None, sort_keys=True)
     if meta.get("model_config") != expected:
         raise CheckpointError(
             f"checkpoint {path} was written for model config {meta.get('model_config')}; "
@@ -162,9 +245,14 @@ def read_weights(path: Path, config: ModelConfig) -> tuple[dict[str, torch.Tenso
 
 
 def load_weights(model, path: Path, config: ModelConfig) -> dict[str, str]:
-    """Load a checkpoint's model weights into ``model``; returns the checkpoint's metadata."""
+    """Load a checkpoint's model weights into ``model``; returns the checkpoint's metadata.
+
+    Weights that hold NaN or infinities are refused (:class:`NonFiniteError` names the tensor); ``model`` is left
+    as it was.
+    """
     tensors, meta = read_weights(path, config)
     weights = {k: v for k, v in tensors.items() if not k.startswith("optimizer.")}
+    check_finite(weights, f"checkpoint {path}")
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as e:
@@ -173,23 +261,97 @@ def load_weights(model, path: Path, config: ModelConfig) -> dict[str, str]:
 
 
 def read_model_config(run_dir: Path) -> ModelConfig:
+    """The :class:`ModelConfig` of ``run_dir/model.json``, checked field by field."""
     path = Path(run_dir) / MODEL_CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{run_dir}: not a run directory (no {MODEL_CONFIG_FILE})")
     try:
         data = json.loads(path.read_text())
-        version = data.get("format_version")
-        if version != FORMAT_VERSION:
-            raise CheckpointError(f"{path}: format version {version!r}; this revinterp reads {FORMAT_VERSION}")
-        known = {f.name for f in fields(ModelConfig)}
-        unknown = set(data["model"]) - known
-        if unknown:
-            raise CheckpointError(f"{path}: unknown model settings {sorted(unknown)}")
-        return ModelConfig(**data["model"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        if isinstance(e, CheckpointError):
-            raise
-        raise CheckpointError(f"{path}: not a valid model config ({e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e}); expected the model config train() writes") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: unreadable ({e})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: holds a JSON {type(data).__name__}; expected an object "
+                              '{"format_version": 1, "model": {...}}')
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format_version {version!r}; this revinterp reads {FORMAT_VERSION}")
+    model = data.get("model")
+    if not isinstance(model, dict):
+        raise CheckpointError(f"{path}: field 'model' is {type(model).__name__}; expected an object of model "
+                              "settings (n_layers, d_model, ...)")
+    known = {f.name for f in fields(ModelConfig)}
+    unknown = set(model) - known
+    if unknown:
+        raise CheckpointError(f"{path}: unknown model settings {sorted(unknown)}; expected only {sorted(known)}")
+    missing = {"d_vocab", "n_ctx"} - set(model)
+    if missing:
+        raise CheckpointError(f"{path}: model settings {sorted(missing)} are missing; expected the values the "
+                              "run was trained with")
+    try:
+        return ModelConfig(**model)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: field 'model': {e}") from None
+
+
+def read_training_status(run_dir: str | Path) -> dict | None:
+    """The ``diverged`` record of ``run_dir/training.json`` (``{"step", "reason", "message"}``), or None.
+
+    A missing ``training.json`` is no divergence (runs written by other means); an unreadable one is an error.
+    """
+    path = Path(run_dir) / TRAINING_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+        raise CheckpointError(f"{path}: not a training record ({type(e).__name__}: {e}); expected the JSON object "
+                              "that train() writes") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: holds a JSON {type(data).__name__}; expected the object that train() writes")
+    diverged = data.get("diverged")
+    if diverged is None:
+        return None
+    if not isinstance(diverged, dict):
+        raise CheckpointError(f"{path}: field 'diverged' is {type(diverged).__name__}; expected an object "
+                              "{step, reason} or no such field")
+    return diverged
+
+
+def check_not_diverged(run_dir: str | Path) -> None:
+    """Raise :class:`DivergedRunError` with the recorded reason when ``run_dir``'s training diverged."""
+    diverged = read_training_status(run_dir)
+    if diverged is not None:
+        reason = diverged.get("message") or diverged.get("reason") or "no reason recorded"
+        raise DivergedRunError(f"run directory {run_dir} is marked as diverged: {reason}. It holds no usable "
+                               "model; train a new run (e.g. with a smaller --lr)")
+
+
+def check_tokenizer(run_dir: Path, tokenizer, config: ModelConfig, facts: FactSet) -> None:
+    """The tokenizer of a run fits its model (every id < d_vocab, the special tokens) and its facts' words."""
+    path = run_dir / TOKENIZER_FILE
+    vocab = tokenizer.get_vocab()
+    if len(tokenizer) != config.d_vocab:
+        raise CheckpointError(
+            f"{run_dir}: tokenizer has {len(tokenizer)} tokens but the model config says d_vocab={config.d_vocab}"
+        )
+    too_large = sorted((i, w) for w, i in vocab.items() if not 0 <= i < config.d_vocab)
+    if too_large:
+        i, w = too_large[0]
+        raise CheckpointError(f"{path}: token {w!r} has id {i}; expected ids 0..{config.d_vocab - 1} "
+                              f"(d_vocab={config.d_vocab} in {MODEL_CONFIG_FILE})")
+    missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+    if missing:
+        raise CheckpointError(f"{path}: special tokens {missing} are missing; expected all of {list(SPECIAL_TOKENS)}")
+    unknown = sorted(set(facts.vocabulary()) - set(vocab))
+    if unknown:
+        raise CheckpointError(f"{run_dir}: words of {FACTS_FILE} are not in {TOKENIZER_FILE}: {unknown[:5]}"
+                              f"{' ...' if len(unknown) > 5 else ''}; expected the tokenizer the run was trained with")
+    longest = max(1 + len(facts.text(s).split()) for s in facts.statements)
+    if longest > config.n_ctx:
+        raise CheckpointError(f"{run_dir}: a statement of {FACTS_FILE} has {longest} tokens; the model's n_ctx is "
+                              f"{config.n_ctx}")
 
 
 @dataclass
@@ -233,7 +395,12 @@ def load_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, devic
         >>> run.model.to_str_tokens("a17 ->")                    # doctest: +SKIP
     """
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir}: no such run directory" if not run_dir.exists()
+                              else f"{run_dir} is a file; expected a run directory")
+    check_not_being_written(run_dir)
     config = read_model_config(run_dir)
+    check_not_diverged(run_dir)
     for name in (TOKENIZER_FILE, FACTS_FILE):
         if not (run_dir / name).is_file():
             raise CheckpointError(f"{run_dir}: incomplete run directory (no {name})")
@@ -241,11 +408,11 @@ def load_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, devic
         tokenizer = load_tokenizer(run_dir / TOKENIZER_FILE)
     except Exception as e:  # the tokenizers library raises a bare Exception for a malformed file
         raise CheckpointError(f"{run_dir / TOKENIZER_FILE}: unreadable tokenizer ({e})") from None
-    if len(tokenizer) != config.d_vocab:
-        raise CheckpointError(
-            f"{run_dir}: tokenizer has {len(tokenizer)} tokens but the model config says d_vocab={config.d_vocab}"
-        )
-    facts = FactSet.load(run_dir / FACTS_FILE)
+    try:
+        facts = FactSet.load(run_dir / FACTS_FILE)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    check_tokenizer(run_dir, tokenizer, config, facts)
     model = build_model(config, tokenizer, device)
     load_weights(model, Path(checkpoint) if checkpoint is not None else run_dir / WEIGHTS_FILE, config)
     model.eval()

@@ -10,12 +10,21 @@ the model files of :mod:`revinterp.models`::
     checkpoints/last.safetensors     weights + optimizer state of the newest step (for resume)
 
 Every file is written atomically. Same seed, same data, same device type -> same weights.
+
+One writer per run directory: :func:`train` holds the directory's lock (:mod:`revinterp.rundir`) from its first
+write to its end. Options are checked before anything is written, so a refused call leaves nothing behind (and
+removes a directory it created when a later step refuses before training starts). A loss or weight that becomes
+NaN or infinite stops training: ``training.json`` records ``"diverged": {"step", "reason", "message"}``,
+:class:`revinterp.models.DivergedRunError` is raised, and loading the run (eval, analyze) refuses it with that
+reason.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -25,14 +34,22 @@ import torch.nn.functional as F
 
 from revinterp.data import FactSet, encode_statements
 from revinterp.evaluation import answer_scores
-from revinterp.io import atomic_write_text
+from revinterp.io import atomic_write_text, json_text, write_json
 from revinterp.models import (
+    FACTS_FILE,
+    MODEL_CONFIG_FILE,
+    TOKENIZER_FILE,
+    TRAINING_FILE,
     CheckpointError,
+    DivergedRunError,
     ModelConfig,
     build_model,
+    check_not_diverged,
     config_for_data,
     default_device,
+    is_int,
     load_weights,
+    non_finite_summary,
     read_model_config,
     read_weights,
     save_model,
@@ -41,13 +58,17 @@ from revinterp.models import (
     write_model_config,
     write_run_data,
 )
+from revinterp.rundir import LOCK_FILE, run_lock
 
-TRAINING_FILE = "training.json"
 HISTORY_FILE = "history.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.safetensors"
 SCHEDULES = ("constant", "cosine", "linear")
 LOSSES = ("answer", "sequence")
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -79,8 +100,24 @@ class TrainingConfig:
         if self.loss not in LOSSES:
             raise ValueError(f"loss={self.loss!r}: expected one of {LOSSES}")
         for name in ("max_steps", "batch_size", "eval_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)}: expected a positive integer")
+            value = getattr(self, name)
+            if not is_int(value) or value < 1:
+                raise ValueError(f"{name}={value!r}: expected a positive integer")
+        for name in ("warmup_steps", "n_checkpoints", "seed"):
+            value = getattr(self, name)
+            if not is_int(value) or value < 0:
+                raise ValueError(f"{name}={value!r}: expected a non-negative integer")
+        if not is_number(self.lr) or not math.isfinite(self.lr) or self.lr <= 0:
+            raise ValueError(f"lr={self.lr!r}: expected a finite learning rate > 0")
+        if not is_number(self.weight_decay) or not math.isfinite(self.weight_decay) or self.weight_decay < 0:
+            raise ValueError(f"weight_decay={self.weight_decay!r}: expected a finite number >= 0")
+        if (not isinstance(self.betas, tuple) or len(self.betas) != 2
+                or not all(is_number(b) and 0 <= b < 1 for b in self.betas)):
+            raise ValueError(f"betas={self.betas!r}: expected two numbers in [0, 1)")
+        if not is_number(self.fit_probability) or not 0 < self.fit_probability <= 1:
+            raise ValueError(f"fit_probability={self.fit_probability!r}: expected a probability in (0, 1]")
+        if not isinstance(self.early_stop, bool):
+            raise ValueError(f"early_stop={self.early_stop!r}: expected true or false")
 
     def lr_at(self, step: int) -> float:
         """Learning rate at ``step`` (0-based): linear warm-up, then the schedule."""
@@ -148,45 +185,99 @@ def train(
         >>> result = train(seed_experiment(40), MODEL_PRESETS["tiny"], TrainingConfig(), "runs/x")  # doctest: +SKIP
     """
     run_dir = Path(run_dir)
+    if not isinstance(training_config, TrainingConfig) or not isinstance(model_config, ModelConfig):
+        raise ValueError("train() takes a ModelConfig and a TrainingConfig; got "
+                         f"{type(model_config).__name__} and {type(training_config).__name__}")
+    if not facts.train:
+        raise ValueError("the fact set has no trained statements; expected at least one to train on")
+    # Everything that can refuse the call comes before the first write: the data, the model, the optimizer.
     device = torch.device(device) if device is not None else default_device()
     tokenizer = tokenizer_for(facts)
     model_config = config_for_data(model_config, facts, tokenizer)
     training_record = {"training": asdict(training_config), "versions": versions()}
-
-    if run_dir.exists() and not run_dir.is_dir():
-        raise FileExistsError(f"{run_dir} is a file; expected a run directory (new or, with resume, an existing one)")
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not resume:
-            raise FileExistsError(
-                f"run directory {run_dir} already exists; pass resume=True (--resume) to continue it, "
-                "or choose a new output directory"
-            )
-        check_resumable(run_dir, facts, model_config, training_config)
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_run_data(run_dir, facts, tokenizer)
-        write_model_config(run_dir, model_config)
-        atomic_write_text(run_dir / TRAINING_FILE, json.dumps(training_record, indent=1))
-
+    train_data = encode_statements(facts, facts.train, tokenizer).to(device)
+    eval_data = {name: encode_statements(facts, facts.split(name), tokenizer).to(device)
+                 for name in facts.split_names}
     model = build_model(model_config, tokenizer, device)
     model.train()
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=training_config.lr, betas=training_config.betas,
         weight_decay=training_config.weight_decay,
     )
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FileExistsError(f"{run_dir} is a file; expected a run directory (new or, with resume, an existing one)")
+
+    created = make_directory(run_dir)  # the top-most directory this call created, or None
+    # A writer that finds the lock taken leaves everything as it is: the holder may be the one that made the
+    # directory between our mkdir and our lock.
+    with run_lock(run_dir):
+        fresh = not any(p.name != LOCK_FILE for p in run_dir.iterdir())
+        try:
+            if not fresh:
+                if not resume:
+                    raise FileExistsError(
+                        f"run directory {run_dir} already exists; pass resume=True (--resume) to continue it, "
+                        "or choose a new output directory"
+                    )
+                check_resumable(run_dir, facts, model_config, training_config)
+            else:
+                write_run_data(run_dir, facts, tokenizer)
+                write_model_config(run_dir, model_config)
+                write_json(run_dir / TRAINING_FILE, training_record)
+        except BaseException:
+            if fresh:
+                remove_created(run_dir, created)
+            raise
+        return _train_locked(facts, model, optimizer, model_config, training_config, run_dir, train_data,
+                             eval_data, training_record, resume=resume, progress=progress, on_eval=on_eval)
+
+
+def make_directory(run_dir: Path) -> Path | None:
+    """``mkdir -p run_dir``; returns the top-most directory this call created (None if it already existed)."""
+    missing = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for p in reversed(missing):  # outermost first: the first that we (not a racing writer) made
+        if p.is_dir():
+            return p
+    return None
+
+
+def remove_created(run_dir: Path, created: Path | None) -> None:
+    """Undo the setup of a fresh run: the directories this call created, else the files it wrote."""
+    if created is not None:
+        shutil.rmtree(created, ignore_errors=True)
+        return
+    for name in (FACTS_FILE, TOKENIZER_FILE, MODEL_CONFIG_FILE, TRAINING_FILE):
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def _train_locked(facts, model, optimizer, model_config, training_config, run_dir, train_data, eval_data,
+                  training_record, *, resume, progress, on_eval) -> TrainingResult:
+    """The training loop of :func:`train`, with the run directory set up and locked."""
     start_step, history, finished = 0, [], False
     last = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
     if resume and last.is_file():
         start_step, finished = load_training_state(last, model, optimizer, model_config)
         history = [h for h in read_history(run_dir) if h["step"] <= start_step]
 
-    train_data = encode_statements(facts, facts.train, tokenizer).to(device)
-    eval_data = {name: encode_statements(facts, facts.split(name), tokenizer).to(device)
-                 for name in facts.split_names}
     trained_splits = [name for name in facts.split_names if facts.split(name)[0].trained]
     snapshot_steps = checkpoint_steps(training_config.max_steps, training_config.n_checkpoints)
     n = len(train_data)
     batches_per_epoch = math.ceil(n / training_config.batch_size)
+
+    def diverge(step: int, reason: str):
+        message = (f"training diverged at step {step}: {reason} (lr {training_config.lr:g}, schedule "
+                   f"{training_config.schedule}); the run is marked as diverged in {run_dir / TRAINING_FILE} and "
+                   "has no final model. Train a new run with a smaller --lr (or a warm-up)")
+        write_json(run_dir / TRAINING_FILE, {**training_record, "diverged": {"step": step, "reason": reason,
+                                                                             "message": message}})
+        return DivergedRunError(message)
+
+    def check_weights(step: int) -> None:
+        for name, tensor in model.state_dict().items():
+            summary = non_finite_summary(name, tensor)
+            if summary is not None:
+                raise diverge(step, f"weight {summary}")
 
     def evaluate_now(step: int, loss: float | None) -> dict:
         model.eval()
@@ -212,6 +303,7 @@ def train(
     step = start_step
     if not finished:
         if step == 0:
+            check_weights(0)
             save_weights(checkpoint_path(run_dir, 0), model.state_dict(), model_config, step=0)
             evaluate_now(0, None)
         bar = None
@@ -219,37 +311,45 @@ def train(
             from tqdm.auto import tqdm
 
             bar = tqdm(total=training_config.max_steps, initial=step, desc="training", unit="step")
-        running_loss, running_count = 0.0, 0
-        while step < training_config.max_steps:
-            epoch, batch_index = divmod(step, batches_per_epoch)
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(
-                training_config.seed * 1_000_003 + epoch))
-            rows = order[batch_index * training_config.batch_size:(batch_index + 1) * training_config.batch_size]
-            batch = train_data.select(rows.to(device))
-            for group in optimizer.param_groups:
-                group["lr"] = training_config.lr_at(step)
-            loss = batch_loss(model, batch, training_config.loss)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            running_loss += loss.item()
-            running_count += 1
-            if bar is not None:
-                bar.update(1)
-            if step in snapshot_steps:
-                save_weights(checkpoint_path(run_dir, step), model.state_dict(), model_config, step=step)
-            if step % training_config.eval_every == 0 or step == training_config.max_steps:
-                record = evaluate_now(step, running_loss / running_count)
-                running_loss, running_count = 0.0, 0
-                done = step == training_config.max_steps or (training_config.early_stop and record["fitted"])
-                save_training_state(last, model, optimizer, model_config, step, finished=done)
+        try:
+            running_loss, running_count = 0.0, 0
+            while step < training_config.max_steps:
+                epoch, batch_index = divmod(step, batches_per_epoch)
+                order = torch.randperm(n, generator=torch.Generator().manual_seed(
+                    training_config.seed * 1_000_003 + epoch))
+                rows = order[batch_index * training_config.batch_size:(batch_index + 1) * training_config.batch_size]
+                batch = train_data.select(rows.to(train_data.tokens.device))
+                for group in optimizer.param_groups:
+                    group["lr"] = training_config.lr_at(step)
+                loss = batch_loss(model, batch, training_config.loss)
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    raise diverge(step + 1, f"the loss is {loss_value} at step {step + 1}")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                running_loss += loss_value
+                running_count += 1
                 if bar is not None:
-                    bar.set_postfix(loss=f"{record['loss']:.3g}", fitted=record["fitted"])
-                if done:
-                    break
-        if bar is not None:
-            bar.close()
+                    bar.update(1)
+                if step in snapshot_steps:
+                    check_weights(step)
+                    save_weights(checkpoint_path(run_dir, step), model.state_dict(), model_config, step=step)
+                if step % training_config.eval_every == 0 or step == training_config.max_steps:
+                    check_weights(step)
+                    record = evaluate_now(step, running_loss / running_count)
+                    running_loss, running_count = 0.0, 0
+                    done = step == training_config.max_steps or (training_config.early_stop and record["fitted"])
+                    save_training_state(last, model, optimizer, model_config, step, finished=done)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{record['loss']:.3g}", fitted=record["fitted"])
+                    if done:
+                        break
+        finally:
+            if bar is not None:
+                bar.close()
+        check_weights(step)
         if step not in snapshot_steps:
             save_weights(checkpoint_path(run_dir, step), model.state_dict(), model_config, step=step)
         save_model(run_dir, model, model_config)
@@ -276,12 +376,27 @@ def checkpoint_path(run_dir: Path, step: int) -> Path:
     return run_dir / CHECKPOINT_DIR / f"step_{step:07d}.safetensors"
 
 
+CHECKPOINT_NAME = re.compile(r"^step_([0-9]{1,12})\.safetensors$")
+
+
 def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """The log-spaced weight snapshots of a run, as ``(step, path)`` sorted by step."""
-    found = []
+    """The log-spaced weight snapshots of a run, as ``(step, path)`` sorted by step.
+
+    A file ``checkpoints/step_*.safetensors`` whose name is not ``step_<digits>.safetensors`` is an error (a
+    :class:`~revinterp.models.CheckpointError` naming it), as are two files of one step.
+    """
+    found: dict[int, Path] = {}
     for path in sorted((Path(run_dir) / CHECKPOINT_DIR).glob("step_*.safetensors")):
-        found.append((int(path.stem.removeprefix("step_")), path))
-    return found
+        match = CHECKPOINT_NAME.match(path.name)
+        if match is None:
+            raise CheckpointError(f"{path}: not a checkpoint name; expected step_<step number>.safetensors, e.g. "
+                                  "step_0000100.safetensors (rename or remove the file)")
+        step = int(match.group(1))
+        if step in found:
+            raise CheckpointError(f"{path} and {found[step]} are both checkpoints of step {step}; expected one "
+                                  "file per step (remove one)")
+        found[step] = path
+    return sorted(found.items())
 
 
 def save_training_state(path: Path, model, optimizer, config: ModelConfig, step: int, finished: bool) -> None:
@@ -312,11 +427,19 @@ def load_training_state(path: Path, model, optimizer, config: ModelConfig) -> tu
 
 
 def check_resumable(run_dir: Path, facts: FactSet, model_config: ModelConfig, training: TrainingConfig) -> None:
-    """Refuse to resume a run directory written with other data or another configuration."""
+    """Refuse to resume a run directory written with other data or another configuration, or that diverged."""
     saved_model = read_model_config(run_dir)
+    for name in (FACTS_FILE, TOKENIZER_FILE, TRAINING_FILE):
+        if not (run_dir / name).is_file():
+            raise CheckpointError(f"{run_dir}: incomplete run directory (no {name}); expected a run written by "
+                                  "train() to resume")
+    check_not_diverged(run_dir)
     if saved_model != model_config:
         raise CheckpointError(f"{run_dir} holds a run of model {saved_model}; expected {model_config}")
-    saved_facts = FactSet.load(run_dir / "facts.json")
+    try:
+        saved_facts = FactSet.load(run_dir / FACTS_FILE)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
     if saved_facts.to_manifest() != facts.to_manifest():
         raise CheckpointError(f"{run_dir} holds a run on other facts ({saved_facts.source}); expected {facts.source}")
     saved_training = read_training_config(run_dir)
@@ -325,29 +448,94 @@ def check_resumable(run_dir: Path, facts: FactSet, model_config: ModelConfig, tr
 
 
 def read_training_config(run_dir: str | Path) -> TrainingConfig:
+    """The :class:`TrainingConfig` of ``run_dir/training.json``, checked field by field."""
     path = Path(run_dir) / TRAINING_FILE
     if not path.is_file():
         raise CheckpointError(f"{run_dir}: not a run directory (no {TRAINING_FILE})")
     try:
-        data = json.loads(path.read_text())["training"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
         raise CheckpointError(f"{path}: not a training record ({type(e).__name__}: {e}); expected the JSON object "
                               "that train() writes") from None
+    data = record.get("training") if isinstance(record, dict) else None
+    if not isinstance(data, dict):
+        got = type(record).__name__ if not isinstance(record, dict) else f"field 'training' {type(data).__name__}"
+        raise CheckpointError(f"{path}: not a training record ({got}); expected the JSON object that train() "
+                              'writes, {"training": {...}, "versions": {...}}')
     known = {f.name for f in fields(TrainingConfig)}
     if set(data) - known:
-        raise CheckpointError(f"{path}: unknown training settings {sorted(set(data) - known)}")
-    return replace(TrainingConfig(), **{**data, "betas": tuple(data["betas"])})
+        raise CheckpointError(f"{path}: unknown training settings {sorted(set(data) - known)}; expected only "
+                              f"{sorted(known)}")
+    values = dict(data)
+    if "betas" in values:
+        if not isinstance(values["betas"], list):
+            raise CheckpointError(f"{path}: field 'training.betas' is {values['betas']!r}; expected a list of two "
+                                  "numbers")
+        values["betas"] = tuple(values["betas"])
+    try:
+        return replace(TrainingConfig(), **values)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: field 'training': {e}") from None
 
 
 def read_history(run_dir: str | Path) -> list[dict]:
+    """The periodic evaluations of a run (``history.jsonl``), each line checked: ``step`` an integer, ``loss`` a
+    number or null, ``splits`` an object of ``{accuracy, probability}`` numbers, ``fitted`` true or false."""
     path = Path(run_dir) / HISTORY_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        lines = path.read_text().splitlines()
+    except (UnicodeDecodeError, OSError) as e:
+        raise CheckpointError(f"{path}: unreadable ({e})") from None
+    history = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{where}: not valid JSON ({e}); expected one evaluation record per line") from None
+        check_history_record(where, record)
+        if history and record["step"] <= history[-1]["step"]:
+            raise CheckpointError(f"{where}: step {record['step']} after step {history[-1]['step']}; expected "
+                                  "increasing steps")
+        history.append(record)
+    return history
+
+
+def check_history_record(where: str, record) -> None:
+    def finite_number(value) -> bool:
+        return is_number(value) and math.isfinite(value)
+
+    if not isinstance(record, dict):
+        raise CheckpointError(f"{where}: a JSON {type(record).__name__}; expected an object "
+                              "{step, loss, splits, fitted}")
+    missing = [k for k in ("step", "loss", "splits", "fitted") if k not in record]
+    if missing:
+        raise CheckpointError(f"{where}: fields {missing} are missing; expected step, loss, splits and fitted")
+    if not is_int(record["step"]) or record["step"] < 0:
+        raise CheckpointError(f"{where}: field 'step' is {record['step']!r}; expected a non-negative integer")
+    if record["loss"] is not None and not finite_number(record["loss"]):
+        raise CheckpointError(f"{where}: field 'loss' is {record['loss']!r}; expected a finite number or null")
+    if not isinstance(record["fitted"], bool):
+        raise CheckpointError(f"{where}: field 'fitted' is {record['fitted']!r}; expected true or false")
+    splits = record["splits"]
+    if not isinstance(splits, dict):
+        raise CheckpointError(f"{where}: field 'splits' is {type(splits).__name__}; expected an object per split")
+    for name, m in splits.items():
+        if not isinstance(m, dict):
+            raise CheckpointError(f"{where}: field 'splits.{name}' is {m!r}; expected {{accuracy, probability}}")
+        for key in ("accuracy", "probability"):
+            if not finite_number(m.get(key)) or not 0 <= m[key] <= 1 + 1e-6:
+                raise CheckpointError(f"{where}: field 'splits.{name}.{key}' is {m.get(key)!r}; expected a "
+                                      "number in [0, 1]")
 
 
 def write_history(run_dir: Path, history: list[dict]) -> None:
-    atomic_write_text(run_dir / HISTORY_FILE, "".join(json.dumps(h) + "\n" for h in history))
+    atomic_write_text(run_dir / HISTORY_FILE,
+                      "".join(json_text(h, indent=None, what=str(run_dir / HISTORY_FILE)) + "\n" for h in history))
 
 
 def versions() -> dict:

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from revinterp.data.tokenizer import word_problem
-from revinterp.io import atomic_write_text
+from revinterp.io import write_json
 
 MANIFEST_VERSION = 1
 
@@ -245,16 +245,69 @@ class FactSet:
         return cls(relations=relations, statements=statements, source=manifest.get("source", {}))
 
     def save(self, path: str | Path) -> None:
-        atomic_write_text(Path(path), json.dumps(self.to_manifest(), indent=1))
+        write_json(Path(path), self.to_manifest())
 
     @classmethod
     def load(cls, path: str | Path) -> FactSet:
+        """Read a manifest written by :meth:`save`, checked field by field (a ``ValueError`` names the file, the
+        field and what was expected)."""
         path = Path(path)
         try:
             manifest = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"fact manifest {path}: not valid JSON ({e})") from None
-        return cls.from_manifest(manifest)
+        except OSError as e:
+            raise ValueError(f"fact manifest {path}: unreadable ({e})") from None
+        check_manifest(path, manifest)
+        try:
+            return cls.from_manifest(manifest)
+        except (TypeError, ValueError, KeyError) as e:
+            raise ValueError(f"fact manifest {path}: {e}") from None
+
+
+MANIFEST_RELATION_FIELDS = {"name": (str,), "inverse": (str, type(None)), "template": (str,)}
+MANIFEST_STATEMENT_FIELDS = {"subject": (str,), "relation": (str,), "object": (str,), "fact": (int,),
+                             "direction": (str,), "split": (str,)}
+
+
+def check_manifest(path: Path, manifest) -> None:
+    """Check the shape of a fact manifest (as :meth:`FactSet.to_manifest` writes it) before it is used."""
+    where = f"fact manifest {path}"
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{where}: holds a JSON {type(manifest).__name__}; expected an object with "
+                         "manifest_version, source, relations and statements")
+    version = manifest.get("manifest_version")
+    if version != MANIFEST_VERSION:
+        raise ValueError(f"{where}: manifest_version {version!r}; expected {MANIFEST_VERSION}")
+    if not isinstance(manifest.get("source", {}), dict):
+        raise ValueError(f"{where}: field 'source' is {type(manifest['source']).__name__}; expected an object")
+    for key, item_fields in (("relations", MANIFEST_RELATION_FIELDS), ("statements", MANIFEST_STATEMENT_FIELDS)):
+        items = manifest.get(key)
+        if not isinstance(items, list) or not items:
+            got = "missing" if items is None else f"{type(items).__name__} {items!r}"[:80]
+            raise ValueError(f"{where}: field {key!r} is {got}; expected a non-empty list of objects")
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise ValueError(f"{where}: {key}[{i}] is {type(item).__name__}; expected an object with "
+                                 f"fields {list(item_fields)}")
+            missing = [f for f in item_fields if f not in item]
+            unknown = sorted(set(item) - set(item_fields))
+            if missing or unknown:
+                what = (f"lacks {missing}" if missing else "") + (" and " if missing and unknown else "") + \
+                       (f"has unknown fields {unknown}" if unknown else "")
+                raise ValueError(f"{where}: {key}[{i}] {what}; expected exactly the fields {list(item_fields)}")
+            for name, types in item_fields.items():
+                value = item[name]
+                if not isinstance(value, types) or isinstance(value, bool):
+                    expected = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+                    raise ValueError(f"{where}: {key}[{i}].{name} is {value!r}; expected {expected}")
+            if key == "statements":
+                for name in ("subject", "object"):
+                    if not item[name].split():
+                        raise ValueError(f"{where}: {key}[{i}].{name} is {item[name]!r}; expected an entity name")
+                if item["split"] not in SPLITS:
+                    raise ValueError(f"{where}: {key}[{i}].split is {item['split']!r}; expected one of "
+                                     f"{list(SPLITS)}")
 
 
 def split_facts(
