@@ -321,3 +321,15 @@ def test_fact_file_line_ends(tmp_path):
     path.write_bytes((HEADER + "a,r,b,q\r").replace("\n", "\r").encode() + b"c\xe9,r,d,q\r")
     with pytest.raises(FactFileError, match=r"cr_latin\.csv, line 3: byte offset 41: b'\\xe9' is not UTF-8"):
         load_fact_file(path)
+
+
+def test_cli_feed_option_builds_the_starvation_cells():
+    from revinterp.cli import build_parser, make_facts
+
+    for feed in ("none", "subject", "answer", "both"):
+        args = build_parser().parse_args(["train", "--n-pairs", "20", "--trained-direction", "forward", "--feed", feed])
+        facts = make_facts(args)
+        relations = {s.relation for s in facts.statements if s.split == "attribute"}
+        assert relations == {"subject": {"lives_in"}, "answer": {"has_member"}, "both": {"lives_in", "has_member"},
+                             "none": set()}[feed]
+        assert len(facts.split("held_out")) == 6
