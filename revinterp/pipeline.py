@@ -443,9 +443,13 @@ def measure_starvation(run, out: StageResult) -> dict:
     starvation = starvation_report(run.path, device=next(run.model.parameters()).device)
     means = starvation.role_means()
     out.figure("starvation", "Embedding starvation", starvation.plot())
-    return {"n_starved": len(starvation.starved), "n_held_out": len(run.facts.split("held_out")),
+    frame = starvation.question_frame()
+    return {"n_starved": len(starvation.starved), "n_answer_starved": len(starvation.answer_starved),
+            "n_held_out": len(run.facts.split("held_out")),
             "embed_shift": {role: means[role]["embed_shift"] for role in ("held_out_subject", "trained_subject")
-                            if role in means}}
+                            if role in means},
+            "held_out_answer_unembed_pull": float(frame["answer_unembed_pull"].mean()) if len(frame) else None,
+            "held_out_answer_unembed_push": float(frame["answer_unembed_push"].mean()) if len(frame) else None}
 
 
 def missing_stage(run) -> StageResult:

@@ -255,6 +255,15 @@ def reverse_findings(numbers: dict) -> list[str]:
         + (f"; their subjects' embeddings moved {shift['held_out_subject']:.3f} against "
            f"{shift['trained_subject']:.3f} for trained subjects." if len(shift) == 2 else ".")
     )
+    if starvation.get("held_out_answer_unembed_pull") is not None:
+        findings.append(
+            f"Answer-side starvation: {starvation['n_answer_starved']} of {starvation['n_held_out']} held-out "
+            "questions have an answer that is never a training target; the held-out answers' unembeddings were "
+            f"pulled up by {starvation['held_out_answer_unembed_pull']:.3g} and pushed down by "
+            f"{starvation['held_out_answer_unembed_push']:.3g} (gradient norms summed over the checkpoints). Where "
+            "both sides are starved, the held-out reverse question is impossible whatever the model learned: the "
+            "--feed subject|answer|both controls feed one side, the other or both."
+        )
     return findings
 
 
