@@ -98,11 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="the whole pipeline: train, evaluate, analyze, write report.html",
                        description="Train (or resume), evaluate, run every analysis and write a self-contained "
-                                   "report.html into the run directory. With several --seeds, one run directory "
-                                   "per seed and a summary over seeds with bootstrap intervals.")
+                                   "report.html into the run directory. With several --seeds, one run per seed "
+                                   "through the sweep engine ('revinterp sweep') and a summary over seeds with "
+                                   "every seed's value and a t interval.")
     add_run_options(r)
     r.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
-                   help="several seeds: one run per seed under --out (default runs/PRESET), seed-SEED each")
+                   help="several seeds: a sweep in --out (default runs/PRESET), one run per seed in "
+                        "runs/seedSEED-HASH, as Ray tasks on this machine's cores (RAY_ADDRESS: a cluster)")
     r.add_argument("--max-pairs", type=int, default=200, help="prompt pairs per split in the patching analyses")
 
     e = sub.add_parser("eval", help="evaluate a run directory per split",
@@ -123,7 +125,46 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Rebuild RUN_DIR/report.html from RUN_DIR/analysis/ without running a model.")
     p.add_argument("run_dir", type=Path, help="a run directory analysed by 'revinterp analyze' or 'revinterp run'")
     p.add_argument("--json", action="store_true", help="print the report's path as JSON")
+    add_sweep_commands(sub)
     return parser
+
+
+def add_sweep_commands(sub) -> None:
+    s = sub.add_parser("sweep", help="a grid of runs as Ray tasks, resumable, gathered into one table and a report",
+                       description="Run every cell of a grid (seeds, presets, model, data and training fields) as "
+                                   "a Ray task: train, evaluate and, unless --behaviour-only, analyze. Cells are "
+                                   "named by the hash of their configuration; a finished cell is reused, an "
+                                   "interrupted one resumed, a failed one retried and reported. Writes OUT/table.csv "
+                                   "(and .jsonl, .parquet), OUT/summary.json (every seed's value, mean and t "
+                                   "interval over seeds) and OUT/sweep_report.html. Exit code 1 when a cell failed.")
+    s.add_argument("out", type=Path, help="the sweep directory: new, or one this grid wrote (resumed)")
+    s.add_argument("--grid", type=Path, metavar="FILE.toml",
+                   help="a TOML grid: [grid] field = value or [values], optional [sweep] analyze, max_pairs, report")
+    s.add_argument("--set", action="append", default=[], metavar="FIELD=V1,V2",
+                   help="set a grid field (repeatable; replaces the file's): a fact option (n_pairs, mitigation, "
+                        "trained_direction ...), a model or training field (d_model, lr, weight_decay, max_steps ...)")
+    s.add_argument("--seeds", type=int, nargs="+", metavar="SEED", help="the seed axis (same as --set seed=...)")
+    s.add_argument("--preset", nargs="+", choices=PRESETS, help="the preset axis (default: 'default')")
+    s.add_argument("--behaviour-only", action="store_true", help="train and evaluate only, no analyses")
+    s.add_argument("--max-pairs", type=int, help="prompt pairs per split in the patching analyses (default 200)")
+    s.add_argument("--reports", action="store_true", help="also write each run's report.html")
+    s.add_argument("--address", help="join this Ray cluster (HOST:PORT, ray://HOST:PORT or auto; default "
+                                     "RAY_ADDRESS, else a local cluster of this machine's cores)")
+    s.add_argument("--num-cpus", type=int, metavar="N", help="CPUs of the local cluster (default: all cores)")
+    s.add_argument("--retries", type=int, default=2, help="Ray retries per failed cell (default 2)")
+    s.add_argument("--device", help="torch device of the runs (default: cuda if available, else cpu)")
+    s.add_argument("--dry-run", action="store_true",
+                   help="list the cells, their run directories and an estimated cost; start no Ray, run nothing")
+    s.add_argument("--calibrate", action="store_true",
+                   help="with --dry-run: time a few training steps of each model here to estimate seconds")
+    s.add_argument("--json", action="store_true", help="print the outcome (or the dry run) as JSON")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("sweep-report", help="rebuild a sweep's table, summary and report (no training)",
+                       description="Gather OUT/table.*, OUT/summary.* and OUT/sweep_report.html again from the run "
+                                   "directories of a sweep, without running a model.")
+    p.add_argument("out", type=Path, help="a sweep directory written by 'revinterp sweep'")
+    p.add_argument("--json", action="store_true", help="print the written files as JSON")
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
@@ -268,25 +309,123 @@ def cmd_run(args) -> int:
         path = analyze_and_report(out, args)
         show(behaviour, args, f"{header}\nreport: {path}", {"report": str(path)})
         return 0
-    from revinterp.evaluation import over_seeds
+    return run_seeds(args, seeds)
+
+
+SEED_METRICS = ("accuracy", "mean_rank", "logprob_candidates")
+
+
+def seed_grid(args, seeds) -> dict:
+    """The grid of ``revinterp run --seeds``: this command's options fixed, the seeds the one axis."""
+    from revinterp.sweep import FACT_DEFAULTS
+
+    grid = {}
+    for name, default in FACT_DEFAULTS.items():
+        value = getattr(args, name)
+        if value != default:
+            grid[name] = str(value) if isinstance(value, Path) else value
+    grid["preset"] = args.preset
+    if args.attn_only:
+        grid["attn_only"] = True
+    if args.positional:
+        grid["positional_embedding_type"] = args.positional
+    if args.norm:
+        grid["normalization_type"] = args.norm
+    for name, value in (("max_steps", args.steps), ("lr", args.lr), ("batch_size", args.batch_size),
+                        ("weight_decay", args.weight_decay), ("schedule", args.schedule), ("loss", args.loss)):
+        if value is not None:
+            grid[name] = value
+    if args.no_early_stop:
+        grid["early_stop"] = False
+    grid["seed"] = list(seeds)
+    return {"grid": grid, "sweep": {"analyze": True, "max_pairs": args.max_pairs, "report": True}}
+
+
+def run_seeds(args, seeds) -> int:
+    """Several seeds through the sweep engine (:mod:`revinterp.sweep`): one cell per seed under ``--out``."""
+    from revinterp.results import load_results, skipped_analyses
+    from revinterp.sweep import run_sweep
 
     root = args.out or Path("runs") / args.preset
-    behaviours, reports = [], []
-    for seed in seeds:
-        behaviour, header = train_and_evaluate(args, seed, root / f"seed-{seed}")
-        reports.append(str(analyze_and_report(root / f"seed-{seed}", args)))
-        behaviours.append(behaviour)
-        if not args.json:
-            print(header)
-    summary = over_seeds(behaviours)
+    if root.is_dir() and any(root.iterdir()) and not args.resume:
+        raise FileExistsError(f"{root} already exists; pass --resume to continue its seeds (finished ones are kept) "
+                              "or choose another --out")
+    result = run_sweep(seed_grid(args, seeds), root, device=args.device, progress=not args.quiet)
+    reports, lines = [], []
+    for cell, row in zip(result.cells, result.rows):
+        if row["status"] != "done":
+            continue
+        run_dir = result.run_dir(cell)
+        reports.append(str(run_dir / "report.html"))
+        lines.append(f"run {run_dir}: {row.get('trained.steps')} steps, "
+                     f"{'fitted' if row.get('trained.fitted') else 'NOT fitted (train longer: --steps)'}")
+        for analysis, reason in skipped_analyses(load_results(run_dir)[1]):
+            print(f"revinterp: {run_dir.name}: {analysis} did not run: {reason}", file=sys.stderr)
+    figures = result.summary["groups"][0]["figures"] if result.summary["groups"] else {}
+    splits: dict = {}
+    for column, figure in figures.items():
+        kind, split, metric = (column.split(".") + ["", ""])[:3]
+        if kind == "behaviour" and metric in SEED_METRICS:
+            splits.setdefault(split, {})[metric] = {
+                "mean": figure["mean"], "ci_low": figure["low"], "ci_high": figure["high"], "n": figure["n"],
+                "values": {str(v["seed"]): v["value"] for v in figure["values"]}}
+    for name, cell in result.failed.items():
+        print(f"revinterp run: seed run {root / 'runs' / name} failed: {cell.error}", file=sys.stderr)
     if args.json:
-        print(json.dumps({"seeds": seeds, "splits": {k: {m: e.to_dict() for m, e in v.items()}
-                                                      for k, v in summary.items()}, "reports": reports}, indent=1))
+        print(json.dumps({"seeds": seeds, "method": result.summary["method"], "splits": splits, "reports": reports,
+                          "sweep": str(result.out_dir), "failed": {k: v.error for k, v in result.failed.items()}},
+                         indent=1))
     else:
-        print(f"over {len(seeds)} seeds (mean [95% bootstrap CI over seeds]):")
-        for split, metrics in summary.items():
-            print(f"  {split:<24}" + "  ".join(f"{m} {e}" for m, e in metrics.items()))
+        print("\n".join(lines))
+        print(f"over {len(seeds)} seeds: mean [95% t interval over seeds] (every seed's value):")
+        for split, metrics in splits.items():
+            print(f"  {split:<24}" + "  ".join(
+                f"{m} {e['mean']:.3g} [{fmt(e['ci_low'])}, {fmt(e['ci_high'])}] ("
+                + ", ".join(f"{v:.3g}" for v in e["values"].values()) + ")" for m, e in metrics.items()))
         print("reports: " + ", ".join(reports))
+        print(f"table: {result.files['table_csv']}, sweep report: {result.files['report']}")
+    return 1 if result.failed else 0
+
+
+def fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.3g}"
+
+
+def cmd_sweep(args) -> int:
+    from revinterp.sweep import format_plan, grid_from_options, plan, run_sweep
+
+    if args.calibrate and not args.dry_run:
+        raise ValueError("--calibrate estimates the cost of a --dry-run; expected it with --dry-run")
+    grid = grid_from_options(args.grid, args.set, seeds=args.seeds, presets=args.preset,
+                             analyze=False if args.behaviour_only else None, max_pairs=args.max_pairs,
+                             report=True if args.reports else None)
+    if args.dry_run:
+        planned = plan(grid, args.out, calibrate=args.calibrate, num_cpus=args.num_cpus)
+        print(json.dumps(planned, indent=1) if args.json else format_plan(planned))
+        return 0
+    result = run_sweep(grid, args.out, address=args.address, num_cpus=args.num_cpus, retries=args.retries,
+                       device=args.device, progress=not args.quiet)
+    for name, cell in result.failed.items():
+        print(f"revinterp sweep: cell {name} failed: {cell.error}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"out": str(result.out_dir),
+                          "cells": {name: {"status": s.status, "reused": s.reused, "seconds": s.seconds,
+                                           "error": s.error} for name, s in result.status.items()},
+                          "files": {k: str(v) for k, v in result.files.items()}}, indent=1))
+    else:
+        done = [s for s in result.status.values() if s.status == "done"]
+        print(f"sweep {result.out_dir}: {len(result.status)} cells, {len(done)} done "
+              f"({sum(s.reused for s in done)} reused), {len(result.failed)} failed")
+        print(f"table: {result.files['table_csv']}\nsummary: {result.files['summary_json']}\n"
+              f"report: {result.files['report']}")
+    return 1 if result.failed else 0
+
+
+def cmd_sweep_report(args) -> int:
+    from revinterp.sweep import write_results
+
+    files = write_results(args.out).files
+    print(json.dumps({k: str(v) for k, v in files.items()}) if args.json else f"report: {files['report']}")
     return 0
 
 
@@ -334,7 +473,8 @@ def main(argv: list[str] | None = None) -> int:
     from revinterp.data import FactFileError, UnknownWordError
     from revinterp.models import CheckpointError
 
-    commands = {"train": cmd_train, "run": cmd_run, "eval": cmd_eval, "analyze": cmd_analyze, "report": cmd_report}
+    commands = {"train": cmd_train, "run": cmd_run, "eval": cmd_eval, "analyze": cmd_analyze, "report": cmd_report,
+                "sweep": cmd_sweep, "sweep-report": cmd_sweep_report}
     try:
         set_threads(args)
         return commands[args.command](args)
