@@ -68,6 +68,15 @@ EXPECTED_OUTPUT = {
         r"^reverse_entity\s+\d+\s+1 \[1, 1\]",
         r"attn_out L0 @<-\s+1 \[1, 1\]",
     ],
+    "06_circuits": [
+        r"max \|path patching - TransformerLens hook\| = \S+e-0[5-9]",
+        r"^held-out faithfulness of the \d+-edge circuit: [\d.]+ \[[\d.]+, [\d.]+\] on \d+ pairs not used to find it",
+        r"^reverse_seen at L\dH\d: attention to subject [\d.]+, entry [\d.]+ \[[\d.]+, [\d.]+\]",
+        r"^reverse_held_out at L\dH\d: attention to subject [\d.]+, entry \S+ \[-[\d.]+, [\d.]+\]",
+        r"^edited: margin change [\d.]+ \[[\d.]+, [\d.]+\] vs placebo",
+        r"^verdict reverse_seen: routing and entry present",
+        r"^verdict reverse_held_out: ",
+    ],
 }
 
 
