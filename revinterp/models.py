@@ -57,6 +57,42 @@ def is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def check_field_types(cls, values: dict, where: str, nullable: tuple[str, ...] = ()) -> dict:
+    """Check saved settings against the types of ``cls``'s defaults (int, number, str, bool, list of numbers),
+    raising :class:`CheckpointError` that names the field; ``nullable`` fields may also be null.
+
+    Returns the settings as ``cls`` takes them: a JSON integer given for a float setting as a float, a list for a
+    tuple setting as a tuple.
+    """
+    defaults = cls()
+    out = dict(values)
+    for name, value in values.items():
+        default = getattr(defaults, name)
+        if value is None and name in nullable:
+            continue
+        if isinstance(default, bool):
+            ok, expected = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok, expected = is_int(value), "an integer"
+        elif isinstance(default, float):
+            ok, expected = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+        elif isinstance(default, str):
+            ok, expected = isinstance(value, str), "a string" + (" or null" if name in nullable else "")
+        elif isinstance(default, tuple):
+            ok = isinstance(value, list) and len(value) == len(default) and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            expected = f"a list of {len(default)} numbers"
+        else:
+            continue
+        if not ok:
+            raise CheckpointError(f"{where}.{name} is {value!r}; expected {expected}")
+        if isinstance(default, float):
+            out[name] = float(value)
+        elif isinstance(default, tuple):
+            out[name] = tuple(float(v) if isinstance(d, float) else v for v, d in zip(value, default))
+    return out
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The architecture of a model; ``seed`` fixes its initial weights.
@@ -289,6 +325,7 @@ def read_model_config(run_dir: Path) -> ModelConfig:
     if missing:
         raise CheckpointError(f"{path}: model settings {sorted(missing)} are missing; expected the values the "
                               "run was trained with")
+    model = check_field_types(ModelConfig, model, f"{path}: field 'model'", nullable=("normalization_type",))
     try:
         return ModelConfig(**model)
     except (TypeError, ValueError) as e:
@@ -323,9 +360,11 @@ def check_not_diverged(run_dir: str | Path) -> None:
     """Raise :class:`DivergedRunError` with the recorded reason when ``run_dir``'s training diverged."""
     diverged = read_training_status(run_dir)
     if diverged is not None:
-        reason = diverged.get("message") or diverged.get("reason") or "no reason recorded"
-        raise DivergedRunError(f"run directory {run_dir} is marked as diverged: {reason}. It holds no usable "
-                               "model; train a new run (e.g. with a smaller --lr)")
+        reason = diverged.get("reason") or "no reason recorded"
+        step = f" at step {diverged['step']}" if is_int(diverged.get("step")) else ""
+        raise DivergedRunError(f"run directory {run_dir} is marked as diverged in {TRAINING_FILE}: its training "
+                               f"diverged{step} ({reason}). It holds no usable model; train a new run (e.g. with a "
+                               "smaller --lr)")
 
 
 def check_tokenizer(run_dir: Path, tokenizer, config: ModelConfig, facts: FactSet) -> None:

@@ -35,8 +35,11 @@ _held: dict[Path, list] = {}  # resolved lock path -> [owning thread id, depth],
 _held_guard = threading.Lock()
 
 
-class RunLockedError(RuntimeError):
-    """The run directory is being written by another command (or a dead one left its lock behind)."""
+class RunLockedError(FileExistsError):
+    """The run directory is being written by another command (or a dead one left its lock behind).
+
+    A ``FileExistsError`` (its lock file exists), so callers that refuse an existing run directory refuse this too.
+    """
 
 
 def lock_path(run_dir: str | Path) -> Path:
@@ -85,6 +88,8 @@ def holder_is_stale(record: dict | None) -> bool:
 def describe_holder(record: dict) -> str:
     if not record:
         return "an unknown writer (the lock file is empty or unreadable: being written, or corrupt)"
+    if record.get("pid") == os.getpid() and record.get("host") == socket.gethostname():
+        return f"another thread of this process (pid {os.getpid()})"
     where = "this host" if record.get("host") == socket.gethostname() else f"host {record.get('host')!r}"
     started = f", since {record['started']}" if isinstance(record.get("started"), str) else ""
     command = f" ({record['command']})" if isinstance(record.get("command"), str) else ""

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from revinterp.data import FactSet, encode_statements
+from revinterp.data import FactSet, encode_statements, load_tokenizer
 from revinterp.evaluation import answer_scores
 from revinterp.io import atomic_write_text, json_text, write_json
 from revinterp.models import (
@@ -44,6 +44,7 @@ from revinterp.models import (
     DivergedRunError,
     ModelConfig,
     build_model,
+    check_field_types,
     check_not_diverged,
     config_for_data,
     default_device,
@@ -324,7 +325,7 @@ def _train_locked(facts, model, optimizer, model_config, training_config, run_di
                 loss = batch_loss(model, batch, training_config.loss)
                 loss_value = loss.item()
                 if not math.isfinite(loss_value):
-                    raise diverge(step + 1, f"the loss is {loss_value} at step {step + 1}")
+                    raise diverge(step + 1, f"the loss is {loss_value}")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -440,6 +441,13 @@ def check_resumable(run_dir: Path, facts: FactSet, model_config: ModelConfig, tr
         saved_facts = FactSet.load(run_dir / FACTS_FILE)
     except ValueError as e:
         raise CheckpointError(str(e)) from None
+    try:
+        saved_vocab = load_tokenizer(run_dir / TOKENIZER_FILE).get_vocab()
+    except Exception as e:  # the tokenizers library raises a bare Exception for a malformed file
+        raise CheckpointError(f"{run_dir / TOKENIZER_FILE}: unreadable tokenizer ({e})") from None
+    if saved_vocab != tokenizer_for(facts).get_vocab():
+        raise CheckpointError(f"{run_dir / TOKENIZER_FILE} does not match the vocabulary of the facts (token ids "
+                              "differ); expected the tokenizer train() wrote for them")
     if saved_facts.to_manifest() != facts.to_manifest():
         raise CheckpointError(f"{run_dir} holds a run on other facts ({saved_facts.source}); expected {facts.source}")
     saved_training = read_training_config(run_dir)
@@ -466,12 +474,7 @@ def read_training_config(run_dir: str | Path) -> TrainingConfig:
     if set(data) - known:
         raise CheckpointError(f"{path}: unknown training settings {sorted(set(data) - known)}; expected only "
                               f"{sorted(known)}")
-    values = dict(data)
-    if "betas" in values:
-        if not isinstance(values["betas"], list):
-            raise CheckpointError(f"{path}: field 'training.betas' is {values['betas']!r}; expected a list of two "
-                                  "numbers")
-        values["betas"] = tuple(values["betas"])
+    values = check_field_types(TrainingConfig, data, f"{path}: field 'training'")
     try:
         return replace(TrainingConfig(), **values)
     except (TypeError, ValueError) as e:
