@@ -72,12 +72,12 @@ PRESETS = ("tiny", "default", "deep")
 FACT_DEFAULTS: dict[str, object] = {
     "data": "seed", "facts": None, "n_pairs": 200, "both_fraction": 0.7, "trained_direction": "random",
     "tokens_per_entity": 1, "relations": 1, "template": "symbolic", "shared_tokens": False, "attributes": 0,
-    "mitigation": "none",
+    "feed": "none", "mitigation": "none",
 }
 """The fact options of a cell and their defaults: those of ``revinterp run`` (``--n-pairs`` is ``n_pairs`` ...)."""
 
 FACT_CHOICES = {"data": ("seed", "chain", "graph"), "trained_direction": ("random", "forward", "reverse"),
-                "template": ("symbolic", "natural"),
+                "template": ("symbolic", "natural"), "feed": ("none", "subject", "answer", "both"),
                 "mitigation": ("none", "reverse_token", "reverse_entity", "permute", "identity_bridge")}
 
 IGNORED_FACT_OPTIONS = {
@@ -436,6 +436,7 @@ def build_facts(options: Mapping, seed: int):
         knowledge_graph,
         load_fact_file,
         seed_experiment,
+        starvation_cell,
         with_attributes,
     )
 
@@ -453,8 +454,11 @@ def build_facts(options: Mapping, seed: int):
                                 held_out_direction=o["trained_direction"], tokens_per_entity=o["tokens_per_entity"],
                                 n_relations=o["relations"], template=o["template"], shared_tokens=o["shared_tokens"],
                                 seed=seed)
-    if o["attributes"]:
+    if o["attributes"] and o["feed"] not in ("subject", "both"):
         facts = with_attributes(facts, n_values=o["attributes"], seed=seed)
+    if o["feed"] != "none":
+        facts = starvation_cell(facts, feed_subject=o["feed"] in ("subject", "both"),
+                                feed_answer=o["feed"] in ("answer", "both"), n_values=o["attributes"] or 8, seed=seed)
     return facts if o["mitigation"] == "none" else apply_mitigation(facts, o["mitigation"])
 
 

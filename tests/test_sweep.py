@@ -7,6 +7,7 @@ One local Ray cluster (2 CPUs) serves the module; tiny cells (20 pairs, 60 steps
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import json
@@ -98,10 +99,10 @@ def test_cell_names_hash_the_full_configuration():
     {"data": "chain", "n_pairs": 10, "both_fraction": 0.5},
     {"data": "graph", "n_pairs": 12, "relations": 3, "attributes": 4},
     {"n_pairs": 10, "tokens_per_entity": 2, "template": "natural", "shared_tokens": True},
+    {"n_pairs": 16, "trained_direction": "forward", "feed": "both"},
+    {"n_pairs": 16, "attributes": 3, "feed": "answer"},
 ])
 def test_facts_are_those_of_the_command_line(options):
-    import argparse
-
     from revinterp.cli import build_parser, make_facts
 
     argv = ["train", "--quiet", "--seed", "3"]
@@ -111,6 +112,16 @@ def test_facts_are_those_of_the_command_line(options):
     args = build_parser().parse_args(argv)
     expected = make_facts(argparse.Namespace(**vars(args)))
     assert sw.build_facts(options, 3).to_manifest() == expected.to_manifest()
+
+
+def test_the_sweep_knows_every_data_option_of_the_command_line():
+    """A data option added to the command line must be added to the sweep's fact options (and build_facts)."""
+    from revinterp.cli import build_parser
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    group = next(g for g in train._action_groups if g.title.startswith("data"))
+    options = {a.dest: a.default for a in group._group_actions if a.default is not argparse.SUPPRESS}
+    assert options == sw.FACT_DEFAULTS
 
 
 @pytest.mark.parametrize("grid, expected", [
