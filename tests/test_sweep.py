@@ -79,6 +79,12 @@ def test_dry_run_lists_cells_and_starts_no_ray(tmp_path, monkeypatch, capsys):
     assert not out.exists() and not ray.is_initialized()
 
 
+def test_importing_the_sweep_module_loads_neither_ray_nor_torch():
+    code = "import sys, revinterp.sweep; print(sorted(m for m in ('ray', 'torch') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_cell_names_hash_the_full_configuration():
     cells = sw.Grid.from_mapping(GRID).cells()
     assert len({c.name for c in cells}) == 4

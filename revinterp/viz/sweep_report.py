@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 CONTENT_SECURITY_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
                            "img-src data: blob:; font-src data:; connect-src 'none'; frame-src 'none'; "
                            "base-uri 'none'; form-action 'none'")
+NO_AXIS = "only the seed varies"
 HELD_OUT_SPLITS = ("reverse_held_out", "forward_held_out", "chain_composed_held_out")
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1150px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -133,7 +134,8 @@ def figure_against(axis: str, values: Sequence, others: Sequence[str], rows: Seq
             fig.add_hline(y=level, line_dash="dot", line_color="#888",
                           annotation_text=f"chance {level:.3g} (mean 1/M)", annotation_position="top left")
     fig.update_layout(title=esc(title), xaxis=dict(title=esc(axis), tickvals=list(range(len(values))),
-                                                  ticktext=[esc(axis_label(v)) for v in values]),
+                                                  ticktext=[esc(axis_label(v) if axis != NO_AXIS else "all cells")
+                                                            for v in values]),
                       yaxis_title=esc(column), height=420, margin=dict(t=50, b=50))
     return json.loads(fig.to_json())
 
@@ -179,7 +181,7 @@ def render_sweep_report(title: str, sweep: Mapping, rows: Sequence[Mapping], sum
     parts.append("<h2>Figures against each axis</h2>")
     if not figures:
         parts.append("<p>No finished cell has figures yet.</p>")
-    plot_axes = axes or {"(no axis)": [None]}
+    plot_axes = axes or {NO_AXIS: [None]}
     n = 0
     for axis, values in plot_axes.items():
         others = [a for a in axes if a != axis]
