@@ -9,11 +9,13 @@ on this host the error says so and gives the command that clears it; it is never
 belong to a writer on another machine sharing the directory, or have been reused).
 
 The lock is re-entrant within one thread (``analyze`` may call a function that takes it again), never across
-threads or processes.
+threads or processes. Its record says what the writer is doing (``purpose``): readers (``load_run``: eval,
+analyze) refuse a directory while it is being *trained* (its model files are not complete), not while another
+purpose (e.g. ``"analyze"``, which leaves the model files alone) holds it.
 
 Example:
     >>> from revinterp.rundir import run_lock                      # doctest: +SKIP
-    >>> with run_lock("runs/default-seed0"):                       # doctest: +SKIP
+    >>> with run_lock("runs/default-seed0", purpose="analyze"):    # doctest: +SKIP
     ...     write_analyses("runs/default-seed0")
 """
 
@@ -28,6 +30,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from revinterp.io import json_text
 
 LOCK_FILE = ".revinterp.lock"
 
@@ -86,14 +90,18 @@ def holder_is_stale(record: dict | None) -> bool:
 
 
 def describe_holder(record: dict) -> str:
+    """``"pid 123 on this host (train), since 2025-01-01T10:00:00+0000 (revinterp train ...)"``."""
     if not record:
         return "an unknown writer (the lock file is empty or unreadable: being written, or corrupt)"
     if record.get("pid") == os.getpid() and record.get("host") == socket.gethostname():
-        return f"another thread of this process (pid {os.getpid()})"
-    where = "this host" if record.get("host") == socket.gethostname() else f"host {record.get('host')!r}"
+        who = f"another thread of this process (pid {os.getpid()})"
+    else:
+        where = "this host" if record.get("host") == socket.gethostname() else f"host {record.get('host')!r}"
+        who = f"pid {record.get('pid')} on {where}"
+    purpose = f" ({record['purpose']})" if isinstance(record.get("purpose"), str) else ""
     started = f", since {record['started']}" if isinstance(record.get("started"), str) else ""
-    command = f" ({record['command']})" if isinstance(record.get("command"), str) else ""
-    return f"pid {record.get('pid')} on {where}{started}{command}"
+    command = f" ({record['command']})" if isinstance(record.get("command"), str) and record["command"] else ""
+    return f"{who}{purpose}{started}{command}"
 
 
 def locked_error(run_dir: Path, record: dict | None) -> RunLockedError:
@@ -111,14 +119,15 @@ def locked_error(run_dir: Path, record: dict | None) -> RunLockedError:
     )
 
 
-def _record() -> dict:
+def _record(purpose: str) -> dict:
     import sys
 
-    return {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    return {"pid": os.getpid(), "host": socket.gethostname(), "purpose": purpose,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:500] if sys.argv else ""}
 
 
-def acquire(run_dir: str | Path) -> Path:
+def acquire(run_dir: str | Path, purpose: str = "write") -> Path:
     """Take the lock of an existing run directory (see :func:`run_lock`); returns the lock file's path."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -132,14 +141,15 @@ def acquire(run_dir: str | Path) -> Path:
             if held[0] == me:
                 held[1] += 1
                 return path
-            raise RunLockedError(f"run directory {run_dir} is being written by another thread of this process "
-                                 f"(pid {os.getpid()}); expected one writer at a time")
+            holder = lock_holder(run_dir) or {"pid": os.getpid(), "host": socket.gethostname()}
+            raise RunLockedError(f"run directory {run_dir} is being written by {describe_holder(holder)}; "
+                                 "expected one writer at a time")
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             raise locked_error(run_dir, lock_holder(run_dir)) from None
         try:
-            os.write(fd, json.dumps(_record()).encode())
+            os.write(fd, json_text(_record(purpose), indent=None).encode())
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -171,13 +181,19 @@ def holds_lock(run_dir: str | Path) -> bool:
 
 
 @contextmanager
-def run_lock(run_dir: str | Path) -> Iterator[Path]:
+def run_lock(run_dir: str | Path, purpose: str = "write") -> Iterator[Path]:
     """Hold the exclusive write lock of the existing directory ``run_dir`` for the ``with`` block.
 
+    Args:
+        run_dir: an existing directory (``FileNotFoundError`` otherwise).
+        purpose: what the holder does, recorded in the lock and shown to whoever is refused: ``"train"`` (readers
+            are refused too: the model files are incomplete), ``"analyze"``, ...
+
     Raises :class:`RunLockedError` naming the holder when another writer (thread, process or machine) holds it,
-    or with the command that clears a stale lock. Re-entrant within one thread. Yields the lock file's path.
+    or with the command that clears a stale lock. Re-entrant within one thread (the first purpose is kept). Yields
+    the lock file's path.
     """
-    path = acquire(run_dir)
+    path = acquire(run_dir, purpose)
     try:
         yield path
     finally:
@@ -185,13 +201,17 @@ def run_lock(run_dir: str | Path) -> Iterator[Path]:
 
 
 def check_not_being_written(run_dir: str | Path) -> None:
-    """Refuse to read a run directory while another live writer holds its lock (its files are incomplete).
+    """Refuse to read a run directory while another live writer trains it (its model files are incomplete).
 
-    A stale lock (its writer died) does not stop a reader: what the run wrote is complete, file by file.
+    A stale lock (its writer died) does not stop a reader: what the run wrote is complete, file by file; nor does
+    a lock taken for another purpose than ``"train"`` (an analysis leaves the model files alone). A lock record
+    without a purpose, or an unreadable one, does.
     """
     run_dir = Path(run_dir)
     record = lock_holder(run_dir)
     if record is None or holds_lock(run_dir) or holder_is_stale(record):
+        return
+    if record.get("purpose") not in (None, "train"):  # a lock of an older revinterp has no purpose
         return
     raise RunLockedError(
         f"run directory {run_dir} is being written by {describe_holder(record)} (lock file {lock_path(run_dir)}); "

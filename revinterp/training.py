@@ -211,7 +211,7 @@ def train(
     created = make_directory(run_dir)  # the top-most directory this call created, or None
     # A writer that finds the lock taken leaves everything as it is: the holder may be the one that made the
     # directory between our mkdir and our lock.
-    with run_lock(run_dir):
+    with run_lock(run_dir, purpose="train"):
         fresh = not any(p.name != LOCK_FILE for p in run_dir.iterdir())
         try:
             if not fresh:

@@ -385,8 +385,8 @@ def test_held_lock_refuses_a_second_writer_and_readers(run_copy, capsys, tmp_pat
     assert not (run_copy / LOCK_FILE).exists()
     taken, done = threading.Event(), threading.Event()
 
-    def hold():
-        with run_lock(run_copy):
+    def hold(purpose="train"):
+        with run_lock(run_copy, purpose=purpose):
             taken.set()
             done.wait(60)
 
@@ -405,6 +405,18 @@ def test_held_lock_refuses_a_second_writer_and_readers(run_copy, capsys, tmp_pat
         done.set()
         holder.join()
     assert not (run_copy / LOCK_FILE).exists()
+    taken.clear(), done.clear()
+    holder = threading.Thread(target=hold, kwargs={"purpose": "analyze"})
+    holder.start()
+    try:  # an analysis holds the lock: a second writer is refused, a reader is not (the model files are complete)
+        taken.wait(60)
+        rc, _, err = cli(capsys, "train", *BASE, "--out", run_copy, "--resume")
+        assert rc == 2 and "(analyze)" in err, err
+        rc, _, err = cli(capsys, "eval", run_copy)
+        assert rc == 0, err
+    finally:
+        done.set()
+        holder.join()
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         foreign_lock(sleeper.pid)(run_copy)
