@@ -10,6 +10,7 @@ import torch
 from revinterp.data import FORWARD_SEEN, REVERSE_HELD_OUT, REVERSE_SEEN, seed_experiment
 from revinterp.evaluation import evaluate
 from revinterp.models import MODEL_PRESETS, CheckpointError, load_run
+from revinterp.rundir import LOCK_FILE
 from revinterp.training import TRAINING_PRESETS, TrainingConfig, checkpoint_steps, list_checkpoints, read_history, train
 
 
@@ -63,6 +64,7 @@ def test_resume_continues_exactly(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         train(facts, MODEL_PRESETS["tiny"], config, tmp_path / "cut", progress=False, device="cpu", on_eval=interrupt)
+    assert not (tmp_path / "cut" / LOCK_FILE).exists()  # an interrupted writer gives its lock back
     resumed = train(facts, MODEL_PRESETS["tiny"], config, tmp_path / "cut", resume=True, progress=False, device="cpu")
     assert resumed.steps == 30
     for (k, x), y in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
