@@ -188,55 +188,21 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-IGNORED_DATA_OPTIONS = {
-    "facts": ("n_pairs", "tokens_per_entity", "relations", "template", "shared_tokens"),
-    "chain": ("trained_direction", "tokens_per_entity", "relations", "template", "shared_tokens"),
-    "graph": ("tokens_per_entity", "shared_tokens"),
-}
-"""Data options each fact source does not use: given with it, they are an error rather than silently ignored."""
 
 
 def make_facts(args):
-    from revinterp.data import (
-        apply_mitigation,
-        chain_experiment,
-        knowledge_graph,
-        load_fact_file,
-        seed_experiment,
-        starvation_cell,
-        with_attributes,
-    )
+    """The fact set the data options describe (through :func:`revinterp.sweep.build_facts`, as a sweep's cells)."""
+    from revinterp.sweep import FACT_DEFAULTS, IGNORED_FACT_OPTIONS, build_facts
 
     source = "--facts" if args.facts is not None else f"--data {args.data}"
     defaults = vars(build_parser().parse_args(["train"]))
-    ignored = [name for name in IGNORED_DATA_OPTIONS.get("facts" if args.facts is not None else args.data, ())
+    ignored = [name for name in IGNORED_FACT_OPTIONS.get("facts" if args.facts is not None else args.data, ())
                if getattr(args, name) != defaults[name]]
     if ignored:
         names = ", ".join("--" + n.replace("_", "-") for n in ignored)
         raise ValueError(f"{names} {'is' if len(ignored) == 1 else 'are'} not used by {source}; expected only the "
                          "options that shape that data (see --help)")
-    if args.facts is not None:
-        facts = load_fact_file(args.facts, both_fraction=args.both_fraction,
-                               held_out_direction=args.trained_direction, seed=args.seed,
-                               progress=not args.quiet)
-    elif args.data == "chain":
-        facts = chain_experiment(args.n_pairs, composed_held_out_fraction=1 - args.both_fraction, seed=args.seed)
-    elif args.data == "graph":
-        facts = knowledge_graph(args.n_pairs, n_relations=max(args.relations, 3), both_fraction=args.both_fraction,
-                                held_out_direction=args.trained_direction, template=args.template, seed=args.seed)
-    else:
-        facts = seed_experiment(
-            args.n_pairs, both_fraction=args.both_fraction, held_out_direction=args.trained_direction,
-            tokens_per_entity=args.tokens_per_entity, n_relations=args.relations, template=args.template,
-            shared_tokens=args.shared_tokens, seed=args.seed,
-        )
-    if args.attributes and args.feed not in ("subject", "both"):
-        facts = with_attributes(facts, n_values=args.attributes, seed=args.seed)
-    if args.feed != "none":
-        facts = starvation_cell(facts, feed_subject=args.feed in ("subject", "both"),
-                                feed_answer=args.feed in ("answer", "both"), n_values=args.attributes or 8,
-                                seed=args.seed)
-    return facts if args.mitigation == "none" else apply_mitigation(facts, args.mitigation)
+    return build_facts({name: getattr(args, name) for name in FACT_DEFAULTS}, args.seed, progress=not args.quiet)
 
 
 def configs(args):
@@ -478,7 +444,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         set_threads(args)
         return commands[args.command](args)
-    except (FactFileError, UnknownWordError, CheckpointError, FileExistsError, ValueError) as e:
+    except (FactFileError, UnknownWordError, CheckpointError, OSError, ValueError) as e:
+        # ValueError covers NonFiniteError / DivergedRunError (revinterp.models); OSError a path that cannot be
+        # read or written (FileExistsError, revinterp.rundir.RunLockedError, PermissionError ...)
         print(f"revinterp {args.command}: error: {e}", file=sys.stderr)
         return 2
 

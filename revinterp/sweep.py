@@ -428,8 +428,9 @@ def config_problems(model, training) -> list[str]:
     return problems
 
 
-def build_facts(options: Mapping, seed: int):
-    """The fact set of a cell's fact options (the same as ``revinterp run`` builds from its options)."""
+def build_facts(options: Mapping, seed: int, *, progress: bool = False):
+    """The fact set of a cell's fact options (what ``revinterp run`` builds from its options, through this);
+    ``progress`` shows a bar while a fact file loads."""
     from revinterp.data import (
         apply_mitigation,
         chain_experiment,
@@ -443,7 +444,7 @@ def build_facts(options: Mapping, seed: int):
     o = {**FACT_DEFAULTS, **options}
     if o["facts"] is not None:
         facts = load_fact_file(o["facts"], both_fraction=o["both_fraction"],
-                               held_out_direction=o["trained_direction"], seed=seed)
+                               held_out_direction=o["trained_direction"], seed=seed, progress=progress)
     elif o["data"] == "chain":
         facts = chain_experiment(o["n_pairs"], composed_held_out_fraction=1 - o["both_fraction"], seed=seed)
     elif o["data"] == "graph":
