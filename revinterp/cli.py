@@ -6,10 +6,11 @@ Heavy modules (torch, TransformerLens) are imported inside the commands so ``--h
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import warnings
 from pathlib import Path
+
+from revinterp.io import json_text
 
 PRESETS = ("tiny", "default", "deep")
 DIRECTIONS = ("random", "forward", "reverse")
@@ -229,7 +230,7 @@ def configs(args):
 
 def show(behaviour, args, header: str, extra: dict | None = None) -> None:
     if args.json:
-        print(json.dumps({**behaviour.to_dict(), **(extra or {})}, indent=1))
+        print(json_text({**behaviour.to_dict(), **(extra or {})}, indent=1))
     else:
         print(header)
         print(behaviour.summary())
@@ -338,7 +339,7 @@ def run_seeds(args, seeds) -> int:
     for name, cell in result.failed.items():
         print(f"revinterp run: seed run {root / 'runs' / name} failed: {cell.error}", file=sys.stderr)
     if args.json:
-        print(json.dumps({"seeds": seeds, "method": result.summary["method"], "splits": splits, "reports": reports,
+        print(json_text({"seeds": seeds, "method": result.summary["method"], "splits": splits, "reports": reports,
                           "sweep": str(result.out_dir), "failed": {k: v.error for k, v in result.failed.items()}},
                          indent=1))
     else:
@@ -367,14 +368,14 @@ def cmd_sweep(args) -> int:
                              report=True if args.reports else None)
     if args.dry_run:
         planned = plan(grid, args.out, calibrate=args.calibrate, num_cpus=args.num_cpus)
-        print(json.dumps(planned, indent=1) if args.json else format_plan(planned))
+        print(json_text(planned, indent=1) if args.json else format_plan(planned))
         return 0
     result = run_sweep(grid, args.out, address=args.address, num_cpus=args.num_cpus, retries=args.retries,
                        device=args.device, progress=not args.quiet)
     for name, cell in result.failed.items():
         print(f"revinterp sweep: cell {name} failed: {cell.error}", file=sys.stderr)
     if args.json:
-        print(json.dumps({"out": str(result.out_dir),
+        print(json_text({"out": str(result.out_dir),
                           "cells": {name: {"status": s.status, "reused": s.reused, "seconds": s.seconds,
                                            "error": s.error} for name, s in result.status.items()},
                           "files": {k: str(v) for k, v in result.files.items()}}, indent=1))
@@ -391,7 +392,7 @@ def cmd_sweep_report(args) -> int:
     from revinterp.sweep import write_results
 
     files = write_results(args.out).files
-    print(json.dumps({k: str(v) for k, v in files.items()}) if args.json else f"report: {files['report']}")
+    print(json_text({k: str(v) for k, v in files.items()}) if args.json else f"report: {files['report']}")
     return 0
 
 
@@ -410,7 +411,7 @@ def cmd_analyze(args) -> int:
 
     read_model_config(args.run_dir)  # a clear error for a directory that is not a run
     path = analyze_and_report(args.run_dir, args)
-    print(json.dumps({"report": str(path)}) if args.json else f"report: {path}")
+    print(json_text({"report": str(path)}) if args.json else f"report: {path}")
     return 0
 
 
@@ -418,7 +419,7 @@ def cmd_report(args) -> int:
     from revinterp.viz.report import write_report
 
     path = write_report(args.run_dir)
-    print(json.dumps({"report": str(path)}) if args.json else f"report: {path}")
+    print(json_text({"report": str(path)}) if args.json else f"report: {path}")
     return 0
 
 

@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,13 +52,15 @@ def train_and_evaluate(facts, model_config, training_config, run_dir: str | Path
                        device=None, progress: bool = True) -> TrainedRun:
     """Train (or resume) a run, evaluate it on every split and write ``RUN_DIR/behaviour.json``."""
     from revinterp.evaluation import evaluate
-    from revinterp.io import atomic_write_text
+    from revinterp.io import write_json
+    from revinterp.rundir import run_lock
     from revinterp.training import train
 
     run_dir = Path(run_dir)
     result = train(facts, model_config, training_config, run_dir, resume=resume, device=device, progress=progress)
-    behaviour = evaluate(result.model, facts)
-    atomic_write_text(run_dir / BEHAVIOUR_FILE, json.dumps(behaviour.to_dict(), indent=1, allow_nan=False))
+    with run_lock(run_dir, purpose="evaluate"):  # one writer per run directory (revinterp.rundir)
+        behaviour = evaluate(result.model, facts)
+        write_json(run_dir / BEHAVIOUR_FILE, behaviour.to_dict())
     return TrainedRun(run_dir, result, behaviour)
 
 
@@ -78,6 +79,7 @@ def analyze(run_dir: str | Path, *, device=None, progress: bool = True, max_pair
     import torch
 
     from revinterp.models import load_run
+    from revinterp.rundir import run_lock
     from revinterp.training import read_training_config, versions
 
     if max_pairs < 2:
@@ -91,29 +93,31 @@ def analyze(run_dir: str | Path, *, device=None, progress: bool = True, max_pair
         "missing": lambda: missing_stage(run),
         "dynamics": lambda: dynamics_stage(run),
     }
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    with run_lock(run_dir, purpose="analyze"):  # one writer per run directory (revinterp.rundir)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(STAGES), desc="analyses", unit="stage")
-    saved = {}
-    for name in STAGES:
+            bar = tqdm(total=len(STAGES), desc="analyses", unit="stage")
+        saved = {}
+        for name in STAGES:
+            if bar is not None:
+                bar.set_postfix_str(name)
+            saved[name] = save_stage(run_dir, measures[name]())
+            if bar is not None:
+                bar.update(1)
         if bar is not None:
-            bar.set_postfix_str(name)
-        saved[name] = save_stage(run_dir, measures[name]())
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    config = {
-        "run directory": str(run_dir),
-        "facts": run.facts.source,
-        "model": asdict(run.config),
-        "training": asdict(read_training_config(run_dir)),
-        "versions": versions(),
-        "environment": {"device": str(next(run.model.parameters()).device), "torch_threads": torch.get_num_threads()},
-    }
-    save_run_info(run_dir, f"The reversal curse in {run_dir.name}", config)
+            bar.close()
+        config = {
+            "run directory": str(run_dir),
+            "facts": run.facts.source,
+            "model": asdict(run.config),
+            "training": asdict(read_training_config(run_dir)),
+            "versions": versions(),
+            "environment": {"device": str(next(run.model.parameters()).device),
+                            "torch_threads": torch.get_num_threads()},
+        }
+        save_run_info(run_dir, f"The reversal curse in {run_dir.name}", config)
     return saved
 
 
