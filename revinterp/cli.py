@@ -123,8 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_output_options(a)
 
     p = sub.add_parser("report", help="rebuild report.html from saved analyses (no training, no analysis)",
-                       description="Rebuild RUN_DIR/report.html from RUN_DIR/analysis/ without running a model.")
-    p.add_argument("run_dir", type=Path, help="a run directory analysed by 'revinterp analyze' or 'revinterp run'")
+                       description="Rebuild RUN_DIR/report.html from RUN_DIR/analysis/ without running a model; on "
+                                   "the directory of 'revinterp run --seeds' (a sweep), rebuild its table, summary "
+                                   "over seeds and report.html.")
+    p.add_argument("run_dir", type=Path, help="a run directory analysed by 'revinterp analyze' or 'revinterp run', or "
+                                              "the --out of 'revinterp run --seeds'")
     p.add_argument("--json", action="store_true", help="print the report's path as JSON")
     add_sweep_commands(sub)
     return parser
@@ -416,8 +419,13 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from revinterp.sweep import SWEEP_FILE, write_results
     from revinterp.viz.report import write_report
 
+    if (args.run_dir / SWEEP_FILE).is_file():  # a sweep (revinterp run --seeds): its table, summary and page
+        files = write_results(args.run_dir).files
+        print(json_text({k: str(v) for k, v in files.items()}) if args.json else f"report: {files['report']}")
+        return 0
     path = write_report(args.run_dir)
     print(json_text({"report": str(path)}) if args.json else f"report: {path}")
     return 0

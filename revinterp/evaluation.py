@@ -31,7 +31,7 @@ from torch import Tensor
 
 from revinterp.data import SPLITS, EncodedStatements, FactSet, Statement, encode_statements
 from revinterp.models import check_finite, check_finite_output, unpack_run
-from revinterp.stats import Estimate, bootstrap_ci
+from revinterp.stats import Estimate, bootstrap_ci, format_fixed
 
 ROWS_PER_BATCH = 4096
 
@@ -143,7 +143,8 @@ class Behaviour:
             lines.append(
                 f"{name:<24}{m['n']:>5}  {'yes' if m['trained'] else 'no':<8}{acc:<24}"
                 f"{100 * m['chance_accuracy']:>7.1f}%{m['mean_rank']:>8.1f}"
-                f"{m['logprob_candidates']:>12.2f}{m['uniform_logprob_candidates']:>8.2f}{m['probability']:>11.3f}"
+                f"{format_fixed(m['logprob_candidates']):>12}{format_fixed(m['uniform_logprob_candidates']):>8}"
+                f"{m['probability']:>11.3f}"
             )
         return "\n".join(lines)
 

@@ -48,8 +48,9 @@ EXPECTED_OUTPUT = {
         r"agreement over \d+ sites",
     ],
     "03_reverse_path": [
-        r"^12 held-out question\(s\) whose subject never appears",  # starved in the seed data
-        r"^0 held-out question\(s\) whose subject never appears",  # not in the control
+        r"^input side: 12 of 12 held-out question\(s\) whose subject never appears",  # starved in the seed data
+        r"^input side: 0 of 12 held-out question\(s\) whose subject never appears",  # not in the control
+        r"^answer side: 12 of 12 held-out question\(s\) whose answer is never a training target",  # both runs
         r"reverse_held_out\s+12\s+no\s+0\.0%",
         r"forward_only\s+-> reverse_held_out",
         r"^reverse_seen \(\d+ pairs\): total effect [\d.]+ \[[\d.]+, [\d.]+\] \(distinguishable from zero\)",

@@ -412,6 +412,9 @@ def test_run_seeds_goes_through_the_sweep_engine(cluster, tmp_path, capsys):
     runs = tree_digest(out / sw.RUNS_DIR)
     assert main(["sweep-report", str(out)]) == 0  # rebuilt from the saved results, nothing retrained
     assert report.is_file() and "localization" in report.read_text() and tree_digest(out / sw.RUNS_DIR) == runs
+    report.unlink()
+    assert main(["report", str(out)]) == 0  # `revinterp report` on a --seeds directory rebuilds its summary page
+    assert report.is_file() and tree_digest(out / sw.RUNS_DIR) == runs
     assert main(argv) == 2  # an existing --out without --resume is refused
     assert "pass --resume" in capsys.readouterr().err
     assert main(argv + ["--resume"]) == 0 and tree_digest(out / sw.RUNS_DIR) == runs

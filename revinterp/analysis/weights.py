@@ -221,7 +221,12 @@ class EffectiveWeights:
             z=block.tolist(), x=list(self.block_columns[relation]), y=list(self.block_rows[relation]),
             colorscale="RdBu", zmid=0, zmin=-limit, zmax=limit, colorbar=dict(x=0.5, len=0.9),
         ), row=1, col=1)
-        fig.update_yaxes(autorange="reversed", row=1, col=1)
+        # names as ticks only where they can be read; the hover always names the subject and the object
+        readable = len(self.block_columns[relation]) <= 30 and len(self.block_rows[relation]) <= 30
+        fig.data[-1].hovertemplate = "subject %{y}<br>object %{x}<br>Y %{z:.3g}<extra></extra>"
+        fig.update_xaxes(title_text="object", showticklabels=readable, tickangle=-60, automargin=True, row=1, col=1)
+        fig.update_yaxes(title_text="subject", showticklabels=readable, automargin=True, autorange="reversed",
+                         row=1, col=1)
         fig.add_trace(go.Bar(
             x=splits, y=[e.mean for e in estimates], showlegend=False,
             marker_color=["#1f77b4" if SPLITS[s] else "#d62728" for s in splits],
