@@ -6,7 +6,8 @@ Runs ``revinterp run --out <temporary dir> --quiet`` in a subprocess with one to
 and measures its wall-clock time, CPU time and peak memory (``resource.getrusage`` of the child), with the machine's
 load average before and after (other work on the machine slows the run; the summary says how busy it was). Writes
 ``analyses/results/readme_example/results.json`` and ``summary.md``, and replaces the README's example block (between
-``<!-- readme-example -->`` and ``<!-- /readme-example -->``) with the printed table and the measured cost.
+``<!-- readme-example -->`` and ``<!-- /readme-example -->``), and the same block of the documentation's home page
+(``docs/index.md``), with the printed table and the measured cost.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def readme_block(m: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--no-readme", action="store_true", help="write the results only, leave README.md alone")
+    parser.add_argument("--no-readme", action="store_true",
+                        help="write the results only, leave README.md and docs/index.md alone")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="revinterp-readme-") as tmp:
         measured = measure_main_job(Path(tmp) / "default-seed0")
@@ -66,12 +68,12 @@ def main() -> None:
                                     "\n\n" + readme_block(measured).replace(START, "").replace(END, "").strip()
                                     + "\n")
     if not args.no_readme:
-        readme = ROOT / "README.md"
-        text = readme.read_text()
-        if START not in text or END not in text:
-            raise SystemExit(f"{readme}: no {START} ... {END} block to replace")
-        readme.write_text(re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: readme_block(measured), text,
-                                 flags=re.DOTALL))
+        for page in (ROOT / "README.md", ROOT / "docs" / "index.md"):
+            text = page.read_text()
+            if START not in text or END not in text:
+                raise SystemExit(f"{page}: no {START} ... {END} block to replace")
+            page.write_text(re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: readme_block(measured), text,
+                                   flags=re.DOTALL))
     print(readme_block(measured))
 
 

@@ -12,7 +12,8 @@ relation ``r``, see :meth:`FactSet.candidates`):
 - **logprob**: log p(answer) over the whole vocabulary (uniform baseline -k ln V for k tokens);
 - **vocab_accuracy**: every answer token is the arg max over the whole vocabulary.
 
-Per-example values are kept; split means come with bootstrap intervals (:mod:`revinterp.stats`).
+Per-example values are kept; accuracies come with exact binomial (Clopper-Pearson) intervals, other split means
+with bootstrap intervals (:mod:`revinterp.stats`).
 
 :func:`evaluate` refuses a model whose weights or outputs are not finite
 (:class:`revinterp.models.NonFiniteError` names the tensor): NaN compares false with everything, so such a model
@@ -31,7 +32,7 @@ from torch import Tensor
 
 from revinterp.data import SPLITS, EncodedStatements, FactSet, Statement, encode_statements
 from revinterp.models import check_finite, check_finite_output, unpack_run
-from revinterp.stats import Estimate, bootstrap_ci, format_fixed
+from revinterp.stats import Estimate, bootstrap_ci, clopper_pearson, format_fixed
 
 ROWS_PER_BATCH = 4096
 
@@ -61,7 +62,9 @@ class SplitBehaviour:
 
     @property
     def accuracy(self) -> Estimate:
-        return bootstrap_ci(self.correct.float())
+        """Top-1 accuracy among the candidates with its exact binomial (Clopper-Pearson) 95 % interval: a
+        proportion of one run, where a bootstrap of all-zero hits would give an uninformative [0, 0]."""
+        return clopper_pearson(int(self.correct.sum()), self.n)
 
     @property
     def chance_accuracy(self) -> float:
@@ -82,6 +85,7 @@ class SplitBehaviour:
             "trained": self.trained,
             "accuracy": acc.mean,
             "accuracy_ci": [acc.low, acc.high],
+            "accuracy_interval": "clopper_pearson",
             "chance_accuracy": self.chance_accuracy,
             "mean_rank": rank.mean,
             "mean_rank_ci": [rank.low, rank.high],
@@ -167,7 +171,7 @@ class Behaviour:
         fig.add_scatter(x=names, y=[m["chance_accuracy"] for m in metrics], mode="markers",
                         marker=dict(symbol="line-ew-open", size=30), name="chance (1/M)")
         fig.update_layout(yaxis=dict(title="accuracy among candidates", range=[0, 1.05]),
-                          title="Behaviour per split (95% bootstrap intervals)")
+                          title="Behaviour per split (exact binomial 95% intervals)")
         return fig
 
 

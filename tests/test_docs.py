@@ -36,8 +36,8 @@ TUTORIALS = sorted((ROOT / "docs" / "tutorials").glob("[0-9][0-9]_*.py"))
 # Text each tutorial must print: the claim it demonstrates, as its own output states it.
 EXPECTED_OUTPUT = {
     "01_reversal_curse": [
-        r"^reverse_held_out\s+\d+\s+no\s+0\.0% \[0\.0, 0\.0\]",  # the curse
-        r"^forward_seen\s+\d+\s+yes\s+100\.0% \[100\.0, 100\.0\]",
+        r"^reverse_held_out\s+\d+\s+no\s+0\.0% \[0\.0, [1-9]\d\.\d\]",  # the curse, with its exact upper limit
+        r"^forward_seen\s+\d+\s+yes\s+100\.0% \[[89]\d\.\d, 100\.0\]",
         r"fitted: True",
         r"model\.safetensors",
     ],
@@ -65,8 +65,8 @@ EXPECTED_OUTPUT = {
         r"declared with inverse 'kid_of'",
     ],
     "05_mitigations": [
-        r"^none\s+\d+\s+0 \[0, 0\]",
-        r"^reverse_entity\s+\d+\s+1 \[1, 1\]",
+        r"^none\s+\d+\s+0 \[0, 0\.\d+\]",  # 0 of 12 with its exact upper limit
+        r"^reverse_entity\s+\d+\s+1 \[0\.\d+, 1\]",
         r"attn_out L0 @<-\s+1 \[1, 1\]",
     ],
     "06_circuits": [

@@ -90,8 +90,9 @@ for name, record in last["splits"].items():
 #
 # `evaluate` scores every statement against its M candidates: **accuracy** (the answer ranks first; chance
 # 1/M), **rank** (chance (M + 1) / 2), the answer's **log-probability among the candidates** (uniform:
-# -ln M) and its probability over the whole vocabulary. Split means come with 95 % percentile-bootstrap
-# intervals over statements.
+# -ln M) and its probability over the whole vocabulary. Accuracies come with exact binomial (Clopper-Pearson)
+# 95 % intervals, which say how large a proportion zero hits still allow; other split means with 95 %
+# percentile-bootstrap intervals over statements.
 
 # %%
 from revinterp.evaluation import evaluate

@@ -52,8 +52,8 @@ for mitigation in ("reverse_entity", "permute", "identity_bridge"):
 # %% [markdown]
 # ## Held-out reverse accuracy
 #
-# One model per variant. Accuracy is top-1 among the 40 candidate answers (chance 1/40), with a 95 % bootstrap
-# interval over the 12 held-out questions.
+# One model per variant. Accuracy is top-1 among the 40 candidate answers (chance 1/40), with its exact binomial
+# (Clopper-Pearson) 95 % interval over the 12 held-out questions.
 
 # %%
 from revinterp.evaluation import evaluate
