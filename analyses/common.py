@@ -1,7 +1,10 @@
 """Shared helpers of the studies in ``analyses/``: arguments, training runs, intervals, JSON, figures, summaries.
 
-Every study script builds a :class:`Study` from its command line, trains its runs through :meth:`Study.train`
-(into ``<out>/runs/``, which is not committed), and ends with :meth:`Study.finish`, which writes
+Every study script builds a :class:`Study` from its command line, trains every run it needs at once through
+:meth:`Study.train_all` (Ray tasks of :func:`revinterp.sweep.train_cells`, one CPU and one torch thread each, into
+the run store shared by the studies, ``analyses/results/_runs/``, not committed: a run of the same facts, model and
+training configuration is trained once and reused by every study), and ends with :meth:`Study.finish`, which
+writes
 
 - ``<out>/results.json``: one object with the configuration, the seeds, the per-seed numbers and the aggregates
   (each with its 95 % percentile-bootstrap interval over seeds, :func:`revinterp.stats.bootstrap_ci`);
@@ -36,6 +39,7 @@ from revinterp.training import TRAINING_PRESETS, TrainingConfig, train, versions
 from revinterp.viz.static import save_png
 
 ANALYSES = Path(__file__).resolve().parent
+RUN_STORE = ANALYSES / "results" / "_runs"
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 QUICK_SEEDS = (0, 1)
 QUICK_PRESET = "tiny"
@@ -55,6 +59,12 @@ def parser(study: str, description: str) -> argparse.ArgumentParser:
                    help="model and training preset (default: default)")
     p.add_argument("--quick", action="store_true",
                    help=f"smoke test: the {QUICK_PRESET!r} preset, 2 seeds, small data, runs in a temporary folder")
+    p.add_argument("--run-store", type=Path, default=None,
+                   help="the run store shared by the studies (default analyses/results/_runs; with --quick "
+                        "<out>/_runs)")
+    p.add_argument("--address", default=None,
+                   help="a Ray cluster to train on (HOST:PORT; default RAY_ADDRESS, else a local cluster of every "
+                        "core)")
     return p
 
 
@@ -139,6 +149,17 @@ def shrink_png(path: Path) -> None:
 
 
 # == the study ====================================================================================
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One training run a study needs: its name in the study's log, the facts, and the model and training
+    configuration (the run's directory in the store is named by the hash of all three, not by ``name``)."""
+
+    name: str
+    facts: object  # revinterp.data.FactSet
+    model: object  # revinterp.models.ModelConfig
+    training: TrainingConfig
+
+
 class Study:
     """One study's output folder, its runs, its figures and its summary."""
 
@@ -153,6 +174,8 @@ class Study:
             Path(tempfile.mkdtemp(prefix=f"revinterp-{name}-quick-")) if self.quick else default_out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.runs = self.out / "runs"
+        self.store = Path(getattr(args, "run_store", None) or (self.out / "_runs" if self.quick else RUN_STORE))
+        self.address = getattr(args, "address", None)
         self.figures: list[tuple[str, str]] = []
         self.run_log: list[dict] = []
         self.started = time.time()
@@ -177,6 +200,48 @@ class Study:
         return quick if self.quick else full
 
     # -- runs ------------------------------------------------------------------------------------
+    def spec(self, name: str, facts, seed: int, *, model_config=None, **training_overrides) -> RunSpec:
+        """The run ``name`` on ``facts`` with seed ``seed``: the study's model configuration (or ``model_config``)
+        and its training configuration with ``training_overrides`` (as :meth:`train` trains it)."""
+        return RunSpec(name, facts, model_config if model_config is not None else self.model_config(seed),
+                       self.training_config(seed, **training_overrides))
+
+    def train_all(self, specs: Sequence[RunSpec]) -> list[Path]:
+        """Train every run of ``specs`` as Ray tasks in the shared run store (:func:`revinterp.sweep.train_cells`:
+        runs of the same facts and configuration, from this study or another, are trained once and reused;
+        interrupted ones resume; one CPU and one torch thread per run, so the weights equal those of
+        :meth:`train`) and return their run directories, in the order given. Each run is logged as by
+        :meth:`train`; a run that fails every attempt raises :class:`revinterp.sweep.CellsFailedError`."""
+        from revinterp import sweep
+        from revinterp.training import read_history
+
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"run names {sorted({n for n in names if names.count(n) > 1})} are given twice; "
+                             "expected one name per run")
+        cells = [sweep.fact_set_cell(s.facts, s.model, s.training) for s in specs]
+        t0 = time.time()
+        self.log(f"  training {len(cells)} runs on Ray in {self.store} ...")
+        status = sweep.train_cells(cells, self.store, address=self.address, progress=False)
+        run_dirs = []
+        for spec, cell in zip(specs, cells):
+            run_dir = self.store / sweep.RUNS_DIR / cell.name
+            timing = run_dir / TIMING_FILE  # how long the run took to train, kept beside it for later invocations
+            reused = status[cell.name].reused
+            if not reused or not timing.is_file():
+                timing.write_text(json.dumps({"train_seconds": round(status[cell.name].seconds or 0.0, 1),
+                                              "reused": reused}))
+            last = read_history(run_dir)[-1]
+            self.run_log.append(dict(run=spec.name, seed=spec.training.seed, steps=last["step"],
+                                     fitted=bool(last["fitted"]), seconds=None if reused else timing_seconds(timing),
+                                     train_seconds=timing_seconds(timing), reused=reused, cell=cell.name))
+            run_dirs.append(run_dir)
+        n_reused = sum(s.reused for s in status.values())
+        self.log(f"  {len(cells)} runs ready ({n_reused} reused) in {time.time() - t0:.0f} s: "
+                 + ", ".join(f"{r['run']} {r['steps']} steps{'' if r['fitted'] else ' NOT fitted'}"
+                             for r in self.run_log[-len(cells):]))
+        return run_dirs
+
     def train(self, name: str, facts, seed: int, *, model_config=None, **training_overrides):
         """Train (or reuse a finished run of exactly this configuration) into ``<out>/runs/<name>``.
 
@@ -261,6 +326,10 @@ class Study:
         lines += ["## What the numbers show", "", *[f"- {f}" for f in findings], ""]
         (self.out / "summary.md").write_text("\n".join(lines))
         self.log(f"wrote {self.out / 'results.json'} and {self.out / 'summary.md'} ({seconds:.0f} s)")
+
+
+def timing_seconds(timing: Path) -> float:
+    return json.loads(timing.read_text())["train_seconds"]
 
 
 def git_commit() -> str | None:

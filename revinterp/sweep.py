@@ -332,6 +332,7 @@ class Cell:
     training: object  # revinterp.training.TrainingConfig
     seed: int
     facts_sha256: str | None = None
+    fact_set: object = field(default=None, compare=False, repr=False)  # a prebuilt FactSet (fact_set_cell)
 
     def config(self) -> dict:
         """The full configuration as JSON data (the fact file by its content's SHA-256)."""
@@ -397,6 +398,23 @@ def make_cell(values: Mapping) -> Cell:
             raise SweepError(f"cell {where}: fact file {facts['facts']} does not exist; expected a CSV or JSONL file")
         sha = file_sha256(facts["facts"])
     return Cell(values, preset, facts, model, training, seed, sha)
+
+
+def fact_set_cell(facts, model, training) -> Cell:
+    """The cell of a prebuilt :class:`~revinterp.data.FactSet` (a study's own data): its fact options are the
+    SHA-256 of the fact set's canonical manifest (every relation, statement and split, and its source), so the same
+    facts, model and training configuration always name the same run directory; its seed is the training seed."""
+    from revinterp.models import ModelConfig
+    from revinterp.training import TrainingConfig
+
+    if not isinstance(model, ModelConfig) or not isinstance(training, TrainingConfig):
+        raise SweepError(f"a fact-set cell takes a ModelConfig and a TrainingConfig; got {type(model).__name__} and "
+                         f"{type(training).__name__}")
+    for problem in config_problems(model, training):
+        raise SweepError(f"fact-set cell ({facts.source}): {problem}")
+    sha = hashlib.sha256(canonical_json(facts.to_manifest()).encode()).hexdigest()
+    return Cell({"seed": training.seed}, "none", {"fact_set": f"sha256:{sha}"}, model, training, training.seed,
+                fact_set=facts)
 
 
 def config_problems(model, training) -> list[str]:
@@ -573,18 +591,20 @@ def is_finished(run_dir: Path, cell: Cell, grid: Grid) -> bool:
 
 # -- one cell ---------------------------------------------------------------------------------------------------
 def run_cell(cell: Cell, run_dir: str | Path, *, analyze: bool = True, max_pairs: int = 200, report: bool = False,
-             device=None, progress: bool = False) -> dict:
+             device=None, progress: bool = False, lock_wait: float | None = None) -> dict:
     """Run (or resume, or finish) one cell in ``run_dir``: train and evaluate, then analyse; write its
-    ``sweep_cell.json`` marker last. Idempotent: a finished training is loaded, not repeated."""
+    ``sweep_cell.json`` marker last. Idempotent: a finished training is loaded, not repeated. A live writer's lock
+    on ``run_dir`` is waited for up to ``lock_wait`` seconds (default :data:`LOCK_WAIT_SECONDS`; ``math.inf``: as
+    long as it lives, as a shared run store does)."""
     from revinterp.pipeline import BEHAVIOUR_FILE, train_and_evaluate
     from revinterp.rundir import run_lock
     from revinterp.training import CHECKPOINT_DIR, LAST_CHECKPOINT
 
     start = time.perf_counter()
     run_dir = Path(run_dir)
-    facts = build_facts(cell.facts, cell.seed)
+    facts = cell.fact_set if cell.fact_set is not None else build_facts(cell.facts, cell.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
-    wait_for_lock(run_dir)
+    wait_for_lock(run_dir, lock_wait)
     with run_lock(run_dir):  # re-entrant: train and analyze take it again in this thread
         if not (run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT).is_file() and not (run_dir / BEHAVIOUR_FILE).is_file():
             for path in run_dir.iterdir():  # stopped before its first training checkpoint: nothing to keep
@@ -609,13 +629,13 @@ def run_cell(cell: Cell, run_dir: str | Path, *, analyze: bool = True, max_pairs
 LOCK_WAIT_SECONDS = 30.0
 
 
-def wait_for_lock(directory: Path, timeout: float = LOCK_WAIT_SECONDS) -> None:
+def wait_for_lock(directory: Path, timeout: float | None = None) -> None:
     """Wait (up to ``timeout`` seconds) while a live writer holds the lock of ``directory``: after a
     driver is killed, its Ray workers notice and exit within seconds, and an immediate restart waits for them; a
     dead writer's lock is cleared (:func:`clear_stale_lock`). Past the timeout the run fails naming the holder."""
     from revinterp.rundir import holds_lock, lock_holder
 
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + (LOCK_WAIT_SECONDS if timeout is None else timeout)
     while not clear_stale_lock(directory) and not holds_lock(directory):
         if lock_holder(directory) is None or time.monotonic() > deadline:
             return
@@ -671,7 +691,7 @@ def _cell_task(cell: Cell, run_dir: str, options: dict) -> dict:
         if not marker.exists():
             _kill_when_step(run_dir, hooks["kill_at_step"][cell.name], marker)
     return run_cell(cell, run_dir, analyze=options["analyze"], max_pairs=options["max_pairs"],
-                    report=options["report"], device=options["device"])
+                    report=options["report"], device=options["device"], lock_wait=options.get("lock_wait"))
 
 
 # -- the cluster ------------------------------------------------------------------------------------------------
@@ -837,18 +857,83 @@ def run_sweep(grid, out_dir: str | Path, *, address: str | None = None, num_cpus
     return result
 
 
+class CellsFailedError(RuntimeError):
+    """Cells of a run store that failed every attempt; ``failed`` maps each to its :class:`CellStatus`."""
+
+    def __init__(self, failed: Mapping[str, CellStatus]):
+        self.failed = dict(failed)
+        super().__init__(f"{len(failed)} cell(s) failed: "
+                         + "; ".join(f"{name}: {s.error}" for name, s in self.failed.items()))
+
+
+def train_cells(cells: Sequence[Cell], store: str | Path, *, address: str | None = None,
+                num_cpus: int | None = None, retries: int = DEFAULT_RETRIES, device=None,
+                progress: bool = True) -> dict[str, CellStatus]:
+    """Train and evaluate (behaviour only) ``cells`` as Ray tasks in a *run store* shared by several drivers.
+
+    A run store is a sweep directory without a grid: ``STORE/runs/<cell>`` (named by the hash of the cell's full
+    configuration, as in a sweep) and ``STORE/logs/``. Any number of callers (the studies in ``analyses/``) may
+    use one store, at the same time too: a cell finished by anyone is reused, a cell another live driver is training
+    is waited for (its run lock), an interrupted one is resumed. Cells of the same configuration given twice run
+    once. Ray connection as :func:`run_sweep` (``address``, ``RAY_ADDRESS``, else a local cluster of ``num_cpus``;
+    an initialised Ray is used as it is and left running).
+
+    Returns:
+        Every cell's :class:`CellStatus` by name (``done``; ``reused`` when it was finished before).
+
+    Raises:
+        CellsFailedError: some cells failed every attempt (the others are finished and kept).
+    """
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise SweepError(f"retries={retries!r}: expected a non-negative whole number")
+    from revinterp.models import config_for_data, tokenizer_for
+
+    unique = list({c.name: c for c in cells}.values())
+    for cell in unique:  # every configuration sized to its data before any cell starts
+        facts = cell.fact_set if cell.fact_set is not None else build_facts(cell.facts, cell.seed)
+        try:
+            config_for_data(cell.model, facts, tokenizer_for(facts))
+        except (ValueError, KeyError) as e:
+            raise SweepError(f"cell {cell.name}: the facts cannot be built: {e}") from None
+    store = Path(store).expanduser().resolve()
+    grid = Grid({}, analyze=False)
+    status = {c.name: CellStatus("pending") for c in unique}
+    todo = []
+    for cell in unique:
+        if is_finished(store / RUNS_DIR / cell.name, cell, grid):
+            status[cell.name] = CellStatus("done", reused=True)
+        else:
+            todo.append(cell)
+    if todo:
+        (store / RUNS_DIR).mkdir(parents=True, exist_ok=True)
+        started = connect(address, num_cpus)
+        try:
+            execute(todo, store, grid, status, retries=retries, device=device, progress=progress, hooks=None,
+                    record=False, lock_wait=math.inf)
+        finally:
+            if started:
+                import ray
+
+                ray.shutdown()
+    failed = {name: s for name, s in status.items() if s.status != "done"}
+    if failed:
+        raise CellsFailedError(failed)
+    return status
+
+
 def write_status(out_dir: Path, status: Mapping[str, CellStatus]) -> None:
     write_json(out_dir / STATUS_FILE, {"sweep_version": SWEEP_VERSION,
                                        "cells": {name: asdict(s) for name, s in status.items()}})
 
 
 def execute(cells: Sequence[Cell], out_dir: Path, grid: Grid, status: dict[str, CellStatus], *, retries: int,
-            device, progress: bool, hooks: dict | None) -> None:
-    """Submit the cells as Ray tasks (one CPU each) and record each as it ends; failures do not stop the others."""
+            device, progress: bool, hooks: dict | None, record: bool = True, lock_wait: float | None = None) -> None:
+    """Submit the cells as Ray tasks (one CPU each) into ``out_dir/runs/`` and update ``status`` as each ends (and,
+    with ``record``, ``out_dir/status.json``); failures do not stop the others."""
     import ray
 
     options = {"analyze": grid.analyze, "max_pairs": grid.max_pairs, "report": grid.report,
-               "device": None if device is None else str(device), "hooks": hooks}
+               "device": None if device is None else str(device), "hooks": hooks, "lock_wait": lock_wait}
     task = ray.remote(_cell_task).options(num_cpus=1, max_retries=retries, retry_exceptions=True)
     pending = {task.remote(cell, str(out_dir / RUNS_DIR / cell.name), options): cell for cell in cells}
     slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -886,7 +971,8 @@ def execute(cells: Sequence[Cell], out_dir: Path, grid: Grid, status: dict[str, 
                     status[cell.name] = CellStatus("failed", error=f"{type(e).__name__}: {first_line(str(e))}",
                                                    traceback=str(e))
                     failed += 1
-                write_status(out_dir, status)
+                if record:
+                    write_status(out_dir, status)
                 if bar is not None:
                     bar.update(1)
             show()

@@ -418,3 +418,51 @@ def test_run_seeds_goes_through_the_sweep_engine(cluster, tmp_path, capsys):
     assert main(argv) == 2  # an existing --out without --resume is refused
     assert "pass --resume" in capsys.readouterr().err
     assert main(argv + ["--resume"]) == 0 and tree_digest(out / sw.RUNS_DIR) == runs
+
+
+# -- the studies' run store -------------------------------------------------------------------------------------
+def study_of(name: str, tmp_path: Path):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "analyses"))
+    try:
+        import common
+    finally:
+        sys.path.pop(0)
+    args = argparse.Namespace(quick=True, seeds=[0], out=tmp_path / name, preset="default",
+                              run_store=tmp_path / "store", address=None)
+    return common.Study(name, name, args)
+
+
+def test_studies_share_runs_in_the_store_equal_to_sequential_training(cluster, tmp_path):
+    import dataclasses
+
+    import torch
+
+    from revinterp.data import seed_experiment
+
+    threads = torch.get_num_threads()
+    try:
+        first = study_of("first", tmp_path)
+        facts = [seed_experiment(20, seed=s) for s in (0, 1)]
+        steps = {"max_steps": 60, "eval_every": 10, "early_stop": False}
+        specs = [first.spec(f"seed{s}", facts[s], s, **steps) for s in (0, 1)]
+        dirs = first.train_all(specs)
+        assert [d.parent for d in dirs] == [tmp_path / "store" / sw.RUNS_DIR] * 2
+        assert [r["steps"] for r in first.run_log] == [60, 60] and not any(r["reused"] for r in first.run_log)
+        reference = first.train("sequential", facts[1], 1, **steps)  # one process, Study.train
+        for name in ("model.safetensors", "history.jsonl", "facts.json", "training.json"):
+            assert (dirs[1] / name).read_bytes() == (reference / name).read_bytes(), name
+        before = tree_digest(tmp_path / "store" / sw.RUNS_DIR)
+        second = study_of("second", tmp_path)  # another study asking for the same run: the same directory, reused
+        assert second.train_all([second.spec("again", facts[1], 1, **steps)]) == [dirs[1]]
+        assert second.run_log[0]["reused"] and second.run_log[0]["train_seconds"] == first.run_log[1]["train_seconds"]
+        assert tree_digest(tmp_path / "store" / sw.RUNS_DIR) == before
+    finally:
+        torch.set_num_threads(threads)
+    # the fact set's content is in the name: one statement moved to another split is another run
+    moved = dataclasses.replace(facts[0], statements=(dataclasses.replace(facts[0].statements[0], split="forward_seen"
+                                                      if facts[0].statements[0].split != "forward_seen"
+                                                      else "forward_only"), *facts[0].statements[1:]))
+    names = {sw.fact_set_cell(f, specs[0].model, specs[0].training).name for f in (facts[0], moved)}
+    assert len(names) == 2 and dirs[0].name in names
+    with pytest.raises(ValueError, match="given twice"):
+        second.train_all([specs[0], specs[0]])
