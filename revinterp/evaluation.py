@@ -1,19 +1,31 @@
 """Behaviour per split: does the model answer trained facts, and the held-out other direction?
 
-For each statement (prompt ``s r``, answer ``o``) and its M answer candidates (every object of
-relation ``r``, see :meth:`FactSet.candidates`):
+For each statement (prompt ``s r``, answer ``o``), its M answer candidates (every object of relation ``r``, see
+:meth:`FactSet.candidates`) and its k valid answers (every answer of the question ``(s, r)``,
+:meth:`FactSet.answers`: one, or several for a one-to-many relation such as a child's two parents):
 
-- score(c) = log p(c | s r), summed over the candidate's tokens with teacher forcing;
-- **accuracy**: the answer has the highest score among the M candidates (chance 1/M);
-- **rank**: 1 + the number of candidates scored above the answer (chance (M + 1) / 2); NaN never wins: a
-  candidate scored NaN counts as above the answer, and an answer scored NaN or -inf ranks below every
-  candidate, itself included (M + 1), so it is never correct;
-- **logprob_candidates**: log softmax of the scores at the answer (uniform baseline -ln M);
-- **logprob**: log p(answer) over the whole vocabulary (uniform baseline -k ln V for k tokens);
-- **vocab_accuracy**: every answer token is the arg max over the whole vocabulary.
+- score(c) = log p(c | s r), summed over the candidate's tokens with teacher forcing (``"score": "sum"``); the
+  **length-fair** score divides it by the candidate's token count (mean per-token log-probability), so that a long
+  candidate is not ranked low for its length alone;
+- **rank**: 1 + the number of *invalid* candidates scored above the best valid answer (the other valid answers are
+  left out), so 1 .. M - k + 1; chance, with the answer exchangeable with its candidates: the position of the first
+  valid one in a random order, mean (M + 1) / (k + 1) (:mod:`revinterp.chance`). NaN never wins: an invalid
+  candidate scored NaN counts as above, and a best valid answer scored NaN or -inf ranks M - k + 2, never correct;
+- **accuracy**: rank 1, i.e. the highest-scored candidate is a valid answer (chance k / M);
+- **logprob_candidates**: log of the softmax mass of the scores on the valid answers (uniform baseline
+  -ln(M / k); -ln M for one answer);
+- **logprob**: log p(o) of the statement's own answer over the whole vocabulary (uniform baseline -t ln V for t
+  tokens);
+- **vocab_accuracy**: every token of the statement's own answer is the arg max over the whole vocabulary.
+
+For a held-out split the same figures are also computed among the split's own answers only
+(``held_out_answers``: candidates = the distinct answers of the split's statements, per relation), where chance is
+high enough for zero hits to say something. ``tests`` holds one-sided tests against chance
+(:func:`revinterp.chance.chance_tests`).
 
 Per-example values are kept; accuracies come with exact binomial (Clopper-Pearson) intervals, other split means
-with bootstrap intervals (:mod:`revinterp.stats`).
+with bootstrap intervals (:mod:`revinterp.stats`). Candidates are scored in chunks whose logits hold at most
+:data:`LOGIT_ELEMENTS` numbers, so memory is O(chunk x context x vocabulary), never all statements at once.
 
 :func:`evaluate` refuses a model whose weights or outputs are not finite
 (:class:`revinterp.models.NonFiniteError` names the tensor): NaN compares false with everything, so such a model
@@ -30,16 +42,72 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from revinterp.chance import chance_tests
 from revinterp.data import SPLITS, EncodedStatements, FactSet, Statement, encode_statements
+from revinterp.data.tokenizer import encode_words
 from revinterp.models import check_finite, check_finite_output, unpack_run
 from revinterp.stats import Estimate, bootstrap_ci, clopper_pearson, format_fixed
 
 ROWS_PER_BATCH = 4096
+"""Most token rows in one forward."""
+LOGIT_ELEMENTS = 1 << 24
+"""Most logits (rows x positions x vocabulary) one forward may produce (64 MiB of float32); fewer rows per chunk
+for a large vocabulary."""
+
+
+@dataclass(frozen=True)
+class CandidateRanking:
+    """Per question: where the best valid answer ranks among one candidate set (see the module docstring).
+
+    ``logprob_candidates`` is ``None`` for a score that is not a log-probability (the length-fair one).
+    """
+
+    correct: Bool[Tensor, " n"]
+    rank: Int[Tensor, " n"]
+    n_candidates: Int[Tensor, " n"]
+    n_valid: Int[Tensor, " n"]
+    logprob_candidates: Float[Tensor, " n"] | None = None
+
+    @property
+    def accuracy(self) -> Estimate:
+        """Top-1 accuracy with its exact binomial (Clopper-Pearson) 95 % interval: a proportion of one run, where a
+        bootstrap of all-zero hits would give an uninformative [0, 0]."""
+        return clopper_pearson(int(self.correct.sum()), len(self.correct))
+
+    @property
+    def chance_accuracy(self) -> float:
+        return (self.n_valid.double() / self.n_candidates.double()).mean().item()
+
+    @property
+    def chance_mean_rank(self) -> float:
+        return ((self.n_candidates.double() + 1) / (self.n_valid.double() + 1)).mean().item()
+
+    def tests(self) -> dict:
+        return chance_tests(self.correct, self.rank, self.logprob_candidates, self.n_candidates, self.n_valid)
+
+    def metrics(self) -> dict:
+        """Accuracy with its interval, mean rank, their chance levels and the one-sided tests, as plain numbers."""
+        acc, tests = self.accuracy, self.tests()
+        out = {
+            "n_candidates": int(self.n_candidates.max()),
+            "accuracy": acc.mean,
+            "accuracy_ci": [acc.low, acc.high],
+            "chance_accuracy": self.chance_accuracy,
+            "mean_rank": self.rank.double().mean().item(),
+            "chance_mean_rank": self.chance_mean_rank,
+            "accuracy_above_chance_p": tests["accuracy_above_chance_p"],
+        }
+        return out
 
 
 @dataclass(frozen=True)
 class SplitBehaviour:
-    """Per-example behaviour on one split (see the module docstring for each quantity)."""
+    """Per-example behaviour on one split (see the module docstring for each quantity).
+
+    ``correct``, ``rank``, ``logprob_candidates``, ``n_candidates`` and ``n_valid`` rank the summed score among all
+    candidates; ``length_fair`` ranks the mean per-token score among them; ``held_out_answers`` (untrained splits
+    only) ranks the summed score among the split's own answers.
+    """
 
     split: str
     statements: tuple[Statement, ...]
@@ -51,6 +119,9 @@ class SplitBehaviour:
     n_candidates: Int[Tensor, " n"]
     answer_lengths: Int[Tensor, " n"]
     vocab_size: int
+    n_valid: Int[Tensor, " n"]
+    length_fair: CandidateRanking
+    held_out_answers: CandidateRanking | None = None
 
     @property
     def n(self) -> int:
@@ -61,14 +132,18 @@ class SplitBehaviour:
         return SPLITS[self.split]
 
     @property
+    def ranking(self) -> CandidateRanking:
+        """The summed score's ranking among all candidates."""
+        return CandidateRanking(self.correct, self.rank, self.n_candidates, self.n_valid, self.logprob_candidates)
+
+    @property
     def accuracy(self) -> Estimate:
-        """Top-1 accuracy among the candidates with its exact binomial (Clopper-Pearson) 95 % interval: a
-        proportion of one run, where a bootstrap of all-zero hits would give an uninformative [0, 0]."""
-        return clopper_pearson(int(self.correct.sum()), self.n)
+        """Top-1 accuracy among the candidates with its exact binomial (Clopper-Pearson) 95 % interval."""
+        return self.ranking.accuracy
 
     @property
     def chance_accuracy(self) -> float:
-        return (1.0 / self.n_candidates.double()).mean().item()
+        return self.ranking.chance_accuracy
 
     @property
     def probability(self) -> float:
@@ -77,29 +152,38 @@ class SplitBehaviour:
 
     def metrics(self) -> dict:
         """Split means and baselines as plain numbers (the JSON of ``revinterp eval --json``)."""
-        acc, lp, lpc = self.accuracy, bootstrap_ci(self.logprob), bootstrap_ci(self.logprob_candidates)
+        ranking = self.ranking
+        acc, lp, lpc = ranking.accuracy, bootstrap_ci(self.logprob), bootstrap_ci(self.logprob_candidates)
         rank = bootstrap_ci(self.rank.double())
-        m = self.n_candidates.double()
-        return {
+        m, k = self.n_candidates.double(), self.n_valid.double()
+        out = {
             "n": self.n,
             "trained": self.trained,
+            "score": "sum",
             "accuracy": acc.mean,
             "accuracy_ci": [acc.low, acc.high],
             "accuracy_interval": "clopper_pearson",
-            "chance_accuracy": self.chance_accuracy,
+            "chance_accuracy": ranking.chance_accuracy,
             "mean_rank": rank.mean,
             "mean_rank_ci": [rank.low, rank.high],
-            "chance_mean_rank": ((m + 1) / 2).mean().item(),
+            "chance_mean_rank": ranking.chance_mean_rank,
             "logprob": lp.mean,
             "logprob_ci": [lp.low, lp.high],
             "uniform_logprob": -(self.answer_lengths.double() * math.log(self.vocab_size)).mean().item(),
             "logprob_candidates": lpc.mean,
             "logprob_candidates_ci": [lpc.low, lpc.high],
-            "uniform_logprob_candidates": -m.log().mean().item(),
+            "uniform_logprob_candidates": -(m / k).log().mean().item(),
             "probability": self.probability,
             "vocab_accuracy": self.vocab_correct.float().mean().item(),
             "n_candidates": int(self.n_candidates.max()),
+            "max_valid_answers": int(self.n_valid.max()),
+            "tests": ranking.tests(),
+            "length_fair": {"score": "mean_token_logprob", **self.length_fair.metrics(),
+                            "rank_below_chance_p": self.length_fair.tests()["rank_below_chance_p"]},
         }
+        if self.held_out_answers is not None:
+            out["held_out_answers"] = self.held_out_answers.metrics()
+        return out
 
 
 @dataclass(frozen=True)
@@ -131,6 +215,10 @@ class Behaviour:
                     correct=bool(sb.correct[i]), rank=int(sb.rank[i]), logprob=float(sb.logprob[i]),
                     logprob_candidates=float(sb.logprob_candidates[i]),
                     vocab_correct=bool(sb.vocab_correct[i]), n_candidates=int(sb.n_candidates[i]),
+                    n_valid=int(sb.n_valid[i]), length_fair_rank=int(sb.length_fair.rank[i]),
+                    **({} if sb.held_out_answers is None else dict(
+                        held_out_answers_rank=int(sb.held_out_answers.rank[i]),
+                        held_out_answers_n_candidates=int(sb.held_out_answers.n_candidates[i]))),
                 ))
         return pd.DataFrame(rows)
 
@@ -191,140 +279,260 @@ def over_seeds(behaviours: Sequence[Behaviour], metrics: Sequence[str] = ("accur
     }
 
 
+
 def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def answer_scores(model, encoded: EncodedStatements, *, check: bool = False
-                  ) -> tuple[Float[Tensor, " n"], Bool[Tensor, " n"]]:
+def chunk_rows(width: int, vocab_size: int | None, limit: int | None = None) -> int:
+    """Rows per forward: at most ``limit`` (default :data:`ROWS_PER_BATCH`) and, given the vocabulary size, at most
+    :data:`LOGIT_ELEMENTS` logits of ``width`` positions (at least one row)."""
+    limit = ROWS_PER_BATCH if limit is None else limit
+    if limit < 1:
+        raise ValueError(f"chunk of {limit} rows: expected at least 1")
+    if vocab_size is None:
+        return limit
+    return max(1, min(limit, LOGIT_ELEMENTS // max(1, width * vocab_size)))
+
+
+def answer_scores(model, encoded: EncodedStatements, *, check: bool = False, rows: int | None = None,
+                  vocab_size: int | None = None) -> tuple[Float[Tensor, " n"], Bool[Tensor, " n"]]:
     """Log p(answer) summed over the answer tokens, and whether every answer token is the arg max.
 
     The answer token at position ``p`` is scored with the logits at ``p - 1``. A token whose log-probability is
     not finite is never the arg max. With ``check``, non-finite logits raise
-    :class:`~revinterp.models.NonFiniteError`.
+    :class:`~revinterp.models.NonFiniteError`. Rows go through the model in chunks (:func:`chunk_rows`: at most
+    ``rows`` each, and bounded in logits given ``vocab_size``).
     """
+    return teacher_forced_scores(model, encoded.tokens, encoded.answer_mask, check=check, rows=rows,
+                                 vocab_size=vocab_size)
+
+
+def teacher_forced_scores(model, tokens: Int[Tensor, "n seq"], answer_mask: Bool[Tensor, "n seq"], *,
+                          check: bool = False, rows: int | None = None, vocab_size: int | None = None, bar=None
+                          ) -> tuple[Float[Tensor, " n"], Bool[Tensor, " n"]]:
+    """:func:`answer_scores` of token rows and the mask of their answer positions."""
     logprob, greedy = [], []
     device = model_device(model)
-    for start in range(0, len(encoded), ROWS_PER_BATCH):
-        chunk = encoded.select(torch.arange(start, min(start + ROWS_PER_BATCH, len(encoded))))
-        tokens = chunk.tokens.to(device)
-        logits = model(tokens)
+    step = chunk_rows(tokens.shape[1], vocab_size, rows)
+    for start in range(0, len(tokens), step):
+        chunk = tokens[start:start + step].to(device)
+        logits = model(chunk)
         if check:
             check_finite_output(logits, "logits")
         logp = logits.log_softmax(-1)[:, :-1]
-        target = tokens[:, 1:]
+        target = chunk[:, 1:]
         token_logp = logp.gather(-1, target[..., None])[..., 0]
-        mask = chunk.answer_mask.to(device)[:, 1:]
+        mask = answer_mask[start:start + step].to(device)[:, 1:]
         logprob.append(torch.where(mask, token_logp, 0.0).sum(-1).cpu())
         top = (logp.argmax(-1) == target) & torch.isfinite(token_logp)
         greedy.append((top | ~mask).all(-1).cpu())
+        if bar is not None:
+            bar.update(len(chunk))
     return torch.cat(logprob), torch.cat(greedy)
 
 
+def rank_among(scores: Float[Tensor, "n m"], valid: Bool[Tensor, "n m"]) -> CandidateRanking:
+    """Rank of the best valid answer among the invalid candidates, hit, and log of the valid answers' softmax mass.
+
+    ``rank = 1 + #{invalid c : score(c) > max over valid v of score(v), or score(c) is NaN}``; a best valid score
+    that is NaN or -inf (or +inf) ranks ``M - k + 2``, below every candidate, and is never a hit.
+    """
+    n_valid = valid.sum(-1)
+    if bool((n_valid < 1).any()):
+        raise ValueError("a question without a valid answer among its candidates; expected at least one")
+    best = torch.where(valid & ~torch.isnan(scores), scores, -math.inf).amax(-1)
+    finite = torch.isfinite(best)
+    beats = ((scores > best[:, None]) | torch.isnan(scores)) & ~valid
+    rank = torch.where(finite, 1 + beats.sum(-1), scores.shape[1] - n_valid + 2)
+    logprob = torch.where(valid, scores, -math.inf).logsumexp(-1) - scores.logsumexp(-1)
+    n_candidates = torch.full_like(n_valid, scores.shape[1])
+    return CandidateRanking(rank == 1, rank, n_candidates, n_valid, logprob)
+
+
 def answer_rank(scores: Float[Tensor, "n m"], answer_index: Int[Tensor, " n"]) -> Int[Tensor, " n"]:
-    """1 + the number of candidates scored above the answer, where NaN never wins.
-
-    A candidate scored NaN (or +inf) counts as above the answer; an answer scored NaN or -inf (or +inf) is above
-    nothing and below every candidate, itself included, so its rank is M + 1 and it is never correct.
-    """
-    answer = scores.gather(1, answer_index[:, None])
-    beats = (scores > answer) | torch.isnan(scores) | ~torch.isfinite(answer)
-    itself = torch.zeros_like(beats).scatter_(1, answer_index[:, None], True)
-    beats = beats & ~(itself & torch.isfinite(answer))
-    return 1 + beats.sum(-1)
+    """The rank of one answer per row among its candidates (:func:`rank_among` with one valid answer): NaN never
+    wins, and an answer scored NaN or -inf ranks M + 1."""
+    valid = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, answer_index[:, None], True)
+    return rank_among(scores, valid).rank
 
 
-def candidate_scores(
-    model, facts: FactSet, statements: Sequence[Statement], tokenizer, *, check: bool = False
-) -> tuple[Float[Tensor, " n"], Int[Tensor, " n"], Int[Tensor, " n"]]:
-    """Per statement: log softmax over its candidates at the answer, the answer's rank, and M.
+@dataclass(frozen=True)
+class _RelationGroup:
+    """The statements of one split through one relation, and what scoring them takes."""
 
-    Every candidate ``c`` is scored as log p(c | prompt) with teacher forcing; when all candidates
-    are single tokens this is one forward of the prompt, else one row per (statement, candidate).
-    Ranks are NaN-safe (:func:`answer_rank`); with ``check``, non-finite scores raise
-    :class:`~revinterp.models.NonFiniteError`.
-    """
-    n = len(statements)
-    logprob_candidates = torch.empty(n)
-    rank = torch.empty(n, dtype=torch.long)
-    n_candidates = torch.empty(n, dtype=torch.long)
-    device = model_device(model)
+    relation: str
+    rows: list[int]
+    candidates: list[str]
+    candidate_ids: list[list[int]]
+
+    @property
+    def single_token(self) -> bool:
+        return all(len(c) == 1 for c in self.candidate_ids)
+
+    @property
+    def forward_rows(self) -> int:
+        return len(self.rows) if self.single_token else len(self.rows) * len(self.candidates)
+
+
+def relation_groups(facts: FactSet, statements: Sequence[Statement], tokenizer) -> list[_RelationGroup]:
     by_relation: dict[str, list[int]] = {}
     for i, s in enumerate(statements):
         by_relation.setdefault(s.relation, []).append(i)
+    groups = []
     for relation, rows in by_relation.items():
         candidates = facts.candidates(relation)
-        cand_ids = [tokenizer.convert_tokens_to_ids(c.split()) for c in candidates]
-        answer_index = torch.tensor([candidates.index(statements[i].object) for i in rows])
-        if all(len(c) == 1 for c in cand_ids):
-            prompts = encode_statements(facts, [statements[i] for i in rows], tokenizer)
-            ids = torch.tensor([c[0] for c in cand_ids], device=device)
-            scores = []
-            for start in range(0, len(rows), ROWS_PER_BATCH):
-                chunk = prompts.select(torch.arange(start, min(start + ROWS_PER_BATCH, len(rows))))
-                last = (chunk.prompt_lengths - 1).to(device)
-                logits = model(chunk.tokens.to(device))
-                if check:
-                    check_finite_output(logits, "logits")
-                logp = logits[torch.arange(len(chunk), device=device), last].log_softmax(-1)
-                scores.append(logp[:, ids].cpu())
-            scores = torch.cat(scores)
-        else:
-            scores = torch.cat([
-                multi_token_candidate_scores(model, facts, statements[i], candidates, tokenizer, check=check)[None]
-                for i in rows
-            ])
-        if check:
-            check_finite_output(scores, f"candidate scores of relation {relation!r}")
-        answer_score = scores.gather(1, answer_index[:, None])[:, 0]
-        idx = torch.tensor(rows)
-        logprob_candidates[idx] = answer_score - scores.logsumexp(-1)
-        rank[idx] = answer_rank(scores, answer_index)
-        n_candidates[idx] = len(candidates)
-    return logprob_candidates, rank, n_candidates
+        groups.append(_RelationGroup(relation, rows, candidates,
+                                     [encode_words(tokenizer, c.split()) for c in candidates]))
+    return groups
 
 
-def multi_token_candidate_scores(model, facts, statement, candidates, tokenizer, *, check: bool = False
-                                 ) -> Float[Tensor, " m"]:
-    """log p(c | prompt of ``statement``) for every candidate ``c``, one row per candidate."""
-    rows = [Statement(statement.subject, statement.relation, c, -1, statement.direction, statement.split)
-            for c in candidates]
-    encoded = encode_statements(facts, rows, tokenizer)
-    return answer_scores(model, encoded, check=check)[0]
+def candidate_score_matrix(model, facts: FactSet, statements: Sequence[Statement], group: _RelationGroup, tokenizer,
+                           *, check: bool = False, rows: int | None = None, bar=None) -> Float[Tensor, "n m"]:
+    """log p(c | prompt) of every candidate ``c`` of ``group`` for each of its statements, with teacher forcing.
+
+    All candidates single tokens: one forward of each prompt. Otherwise one row per (statement, candidate), built
+    and scored a chunk at a time (:func:`chunk_rows`); every row is padded to one width, so chunking does not
+    change a row's input.
+    """
+    device = model_device(model)
+    prompts = encode_statements(facts, [statements[i] for i in group.rows], tokenizer)
+    if group.single_token:
+        ids = torch.tensor([c[0] for c in group.candidate_ids], device=device)
+        step = chunk_rows(prompts.tokens.shape[1], len(tokenizer), rows)
+        scores = []
+        for start in range(0, len(prompts), step):
+            chunk = prompts.tokens[start:start + step].to(device)
+            last = (prompts.prompt_lengths[start:start + step] - 1).to(device)
+            logits = model(chunk)
+            if check:
+                check_finite_output(logits, "logits")
+            scores.append(logits[torch.arange(len(chunk), device=device), last].log_softmax(-1)[:, ids].cpu())
+            if bar is not None:
+                bar.update(len(chunk))
+        return torch.cat(scores)
+    n, m = len(group.rows), len(group.candidates)
+    pad = tokenizer.pad_token_id
+    prompt_len = prompts.prompt_lengths
+    cand_len = torch.tensor([len(c) for c in group.candidate_ids])
+    cand_tokens = torch.full((m, int(cand_len.max())), pad, dtype=torch.long)
+    for j, c in enumerate(group.candidate_ids):
+        cand_tokens[j, :len(c)] = torch.tensor(c)
+    prompt_tokens = prompts.tokens
+    width = int(prompt_len.max() + cand_len.max())
+    pos = torch.arange(width)
+    step = chunk_rows(width, len(tokenizer), rows)
+    scores = []
+    for start in range(0, n * m, step):
+        flat = torch.arange(start, min(start + step, n * m))
+        i, j = flat // m, flat % m
+        offset = pos[None] - prompt_len[i, None]
+        in_prompt = offset < 0
+        in_answer = ~in_prompt & (offset < cand_len[j, None])
+        from_prompt = prompt_tokens[i].gather(1, pos.clamp(max=prompt_tokens.shape[1] - 1).expand(len(flat), -1))
+        from_answer = cand_tokens[j].gather(1, offset.clamp(0, cand_tokens.shape[1] - 1))
+        tokens = torch.where(in_prompt, from_prompt, torch.where(in_answer, from_answer, pad))
+        scores.append(teacher_forced_scores(model, tokens, in_answer, check=check, rows=len(flat),
+                                            vocab_size=len(tokenizer), bar=bar)[0])
+    return torch.cat(scores).reshape(n, m)
 
 
 @torch.no_grad()
-def evaluate(model, facts: FactSet | None = None, splits: Sequence[str] | None = None, *, tokenizer=None
-             ) -> Behaviour:
+def evaluate(model, facts: FactSet | None = None, splits: Sequence[str] | None = None, *, tokenizer=None,
+             rows: int | None = None, progress: bool = False) -> Behaviour:
     """Behaviour of ``model`` on each split of ``facts`` (default: every non-empty split).
 
     Takes ``evaluate(run)`` for a :class:`~revinterp.models.LoadedRun` or ``evaluate(model, facts)``. The model is
     put in eval mode for the call and returned to its previous mode. Weights or outputs that are not finite raise
-    :class:`~revinterp.models.NonFiniteError` naming the tensor (never a result).
+    :class:`~revinterp.models.NonFiniteError` naming the tensor (never a result). ``rows`` caps the rows of one
+    forward (:func:`chunk_rows`; the results do not depend on it beyond float rounding); ``progress`` shows a bar
+    over the rows scored.
     """
+    from tqdm.auto import tqdm
+
     model, facts, tokenizer = unpack_run(model, facts, tokenizer)
     splits = list(splits) if splits is not None else facts.split_names
     check_finite(model)
+    plan = {}
+    for name in splits:
+        statements = facts.split(name)
+        if not statements:
+            raise ValueError(f"split {name!r} is empty in this fact set; non-empty: {facts.split_names}")
+        plan[name] = (statements, relation_groups(facts, statements, tokenizer))
+    total = sum(len(st) + sum(g.forward_rows for g in groups) for st, groups in plan.values())
     was_training = model.training
     model.eval()
     try:
         result = {}
-        for name in splits:
-            statements = facts.split(name)
-            if not statements:
-                raise ValueError(f"split {name!r} is empty in this fact set; non-empty: {facts.split_names}")
-            encoded = encode_statements(facts, statements, tokenizer)
-            logprob, vocab_correct = answer_scores(model, encoded, check=True)
-            check_finite_output(logprob, f"log p(answer) on split {name!r}")
-            logprob_candidates, rank, n_candidates = candidate_scores(model, facts, statements, tokenizer, check=True)
-            check_finite_output(logprob_candidates, f"log p(answer among candidates) on split {name!r}")
-            result[name] = SplitBehaviour(
-                split=name, statements=statements, correct=(rank == 1) & torch.isfinite(logprob_candidates),
-                rank=rank, logprob=logprob,
-                logprob_candidates=logprob_candidates, vocab_correct=vocab_correct,
-                n_candidates=n_candidates, answer_lengths=encoded.answer_lengths,
-                vocab_size=len(tokenizer),
-            )
+        with tqdm(total=total, unit="row", desc="evaluating", disable=not progress, leave=False) as bar:
+            for name, (statements, groups) in plan.items():
+                encoded = encode_statements(facts, statements, tokenizer)
+                logprob, vocab_correct = teacher_forced_scores(model, encoded.tokens, encoded.answer_mask,
+                                                               check=True, rows=rows, vocab_size=len(tokenizer),
+                                                               bar=bar)
+                check_finite_output(logprob, f"log p(answer) on split {name!r}")
+                result[name] = split_behaviour(model, facts, name, statements, groups, tokenizer, logprob,
+                                               vocab_correct, encoded.answer_lengths, rows=rows, bar=bar)
         return Behaviour(result)
     finally:
         model.train(was_training)
+
+
+def candidate_rankings(model, facts: FactSet, statements: Sequence[Statement], tokenizer, *,
+                       held_out_answers: bool = False, check: bool = False, rows: int | None = None, bar=None,
+                       groups: list[_RelationGroup] | None = None) -> dict[str, CandidateRanking]:
+    """Rank every statement among its relation's candidates: ``"sum"`` (summed log-probability, with
+    ``logprob_candidates``), ``"length_fair"`` (mean per-token log-probability) and, with ``held_out_answers``,
+    ``"held_out_answers"`` (summed score among the answers of ``statements`` only, per relation)."""
+    groups = relation_groups(facts, statements, tokenizer) if groups is None else groups
+    parts: dict[str, list[CandidateRanking]] = {"sum": [], "length_fair": [], "held_out_answers": []}
+    order = []
+    for group in groups:
+        scores = candidate_score_matrix(model, facts, statements, group, tokenizer, check=check, rows=rows, bar=bar)
+        if check:
+            check_finite_output(scores, f"candidate scores of relation {group.relation!r}")
+        valid = torch.tensor([[c in facts.answers(statements[i].subject, group.relation) for c in group.candidates]
+                              for i in group.rows])
+        lengths = torch.tensor([len(c) for c in group.candidate_ids], dtype=scores.dtype)
+        parts["sum"].append(rank_among(scores, valid))
+        fair = rank_among(scores / lengths, valid)
+        parts["length_fair"].append(CandidateRanking(fair.correct, fair.rank, fair.n_candidates, fair.n_valid))
+        if held_out_answers:
+            own = {statements[i].object for i in group.rows}
+            keep = torch.tensor([c in own for c in group.candidates])
+            parts["held_out_answers"].append(rank_among(scores[:, keep], valid[:, keep]))
+        order += group.rows
+    back = torch.empty(len(statements), dtype=torch.long)
+    back[torch.tensor(order)] = torch.arange(len(statements))
+
+    def joined(rankings: list[CandidateRanking]) -> CandidateRanking:
+        cat = lambda field: torch.cat([getattr(r, field) for r in rankings])[back]  # noqa: E731
+        lp = None if rankings[0].logprob_candidates is None else cat("logprob_candidates")
+        return CandidateRanking(cat("correct"), cat("rank"), cat("n_candidates"), cat("n_valid"), lp)
+
+    return {name: joined(rankings) for name, rankings in parts.items() if rankings}
+
+
+def candidate_scores(model, facts: FactSet, statements: Sequence[Statement], tokenizer, *, check: bool = False
+                     ) -> tuple[Float[Tensor, " n"], Int[Tensor, " n"], Int[Tensor, " n"]]:
+    """Per statement: log of the valid answers' softmax mass among the candidates, the rank, and M (the summed
+    score of :func:`candidate_rankings`)."""
+    ranking = candidate_rankings(model, facts, statements, tokenizer, check=check)["sum"]
+    return ranking.logprob_candidates, ranking.rank, ranking.n_candidates
+
+
+def split_behaviour(model, facts, name, statements, groups, tokenizer, logprob, vocab_correct, answer_lengths, *,
+                    rows, bar) -> SplitBehaviour:
+    """Rank every statement of one split among all candidates (summed and length-fair scores) and, for an
+    untrained split, among the split's own answers."""
+    trained = SPLITS[name]
+    rankings = candidate_rankings(model, facts, statements, tokenizer, held_out_answers=not trained, check=True,
+                                  rows=rows, bar=bar, groups=groups)
+    total = rankings["sum"]
+    check_finite_output(total.logprob_candidates, f"log p(answer among candidates) on split {name!r}")
+    return SplitBehaviour(
+        split=name, statements=statements, correct=total.correct, rank=total.rank, logprob=logprob,
+        logprob_candidates=total.logprob_candidates, vocab_correct=vocab_correct, n_candidates=total.n_candidates,
+        answer_lengths=answer_lengths, vocab_size=len(tokenizer), n_valid=total.n_valid,
+        length_fair=rankings["length_fair"], held_out_answers=rankings.get("held_out_answers"),
+    )

@@ -17,6 +17,7 @@ import json
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from revinterp.data.tokenizer import word_problem
@@ -212,6 +213,24 @@ class FactSet:
         object of some statement with that relation, trained or not (the M of chance = 1/M)."""
         return sorted({s.object for s in self.statements if s.relation == relation})
 
+    def answers(self, subject: str, relation: str) -> tuple[str, ...]:
+        """Every valid answer of the question ``(subject, relation)``, sorted: the objects of all its statements,
+        trained or not. One for a one-to-one relation; several for one-to-many ones (a parent's children, a
+        child's two parents)."""
+        return self._answers.get((subject, relation), ())
+
+    @cached_property
+    def _answers(self) -> dict[tuple[str, str], tuple[str, ...]]:
+        by_question: dict[tuple[str, str], set[str]] = {}
+        for s in self.statements:
+            by_question.setdefault((s.subject, s.relation), set()).add(s.object)
+        return {q: tuple(sorted(objects)) for q, objects in by_question.items()}
+
+    @property
+    def many_answer_relations(self) -> list[str]:
+        """The relations with at least one question that has several valid answers (detected, sorted)."""
+        return sorted({relation for (_, relation), objects in self._answers.items() if len(objects) > 1})
+
     def prompt_words(self, statement: Statement) -> list[str]:
         return self.relations[statement.relation].prompt_words(statement.subject)
 
@@ -310,6 +329,15 @@ def check_manifest(path: Path, manifest) -> None:
                                      f"{list(SPLITS)}")
 
 
+FACT_SPLITS: dict[str, tuple[str, str]] = {
+    "both": (FORWARD_SEEN, REVERSE_SEEN),
+    "reverse_held_out": (FORWARD_ONLY, REVERSE_HELD_OUT),
+    "forward_held_out": (FORWARD_HELD_OUT, REVERSE_ONLY),
+}
+"""How one fact is split, by name: ``(forward statement's split, reverse statement's split)``; the names of a fact
+file's ``split`` column."""
+
+
 def split_facts(
     facts: Sequence[tuple[str, str, str]],
     relations: dict[str, Relation],
@@ -317,39 +345,97 @@ def split_facts(
     both_fraction: float = 0.7,
     held_out_direction: str = "random",
     seed: int = 0,
+    fact_splits: Sequence[str] | None = None,
 ) -> tuple[Statement, ...]:
     """Turn facts ``(subject, relation, object)`` into forward and reverse statements with splits.
 
     A random ``both_fraction`` of the facts is trained in both directions; for every other fact one
     direction is trained and the other held out, as ``held_out_direction`` says (see
-    :data:`HELD_OUT_DIRECTIONS`). Facts whose relation has no inverse give a forward statement only.
+    :data:`HELD_OUT_DIRECTIONS`). Facts whose relation has no inverse are an error.
+
+    Facts that share a question (one subject and relation with several answers, such as a parent's children, or one
+    object and inverse, such as a child's two parents) are split together as one group, so that a held-out question
+    never has a trained answer (which would count as a correct reply without any reverse recall). The fraction and
+    the random choices are then per group; with one answer per question every group is one fact, as in the seed.
+
+    ``fact_splits`` gives each fact's split by name (:data:`FACT_SPLITS`; a published split), and then
+    ``both_fraction``, ``held_out_direction`` and ``seed`` are not used; a question both trained and held out
+    is an error naming it.
     """
     if not 0.0 <= both_fraction <= 1.0:
         raise ValueError(f"both_fraction={both_fraction}: expected a fraction in [0, 1]")
     if held_out_direction not in HELD_OUT_DIRECTIONS:
         raise ValueError(f"held_out_direction={held_out_direction!r}: expected one of {HELD_OUT_DIRECTIONS}")
-    rng = random.Random(seed)
-    order = list(range(len(facts)))
-    rng.shuffle(order)
-    n_both = round(len(facts) * both_fraction)
-    both = set(order[:n_both])
-    statements = []
     for i, (subject, relation, obj) in enumerate(facts):
-        inverse = relations[relation].inverse
-        if inverse is None:
+        if relations[relation].inverse is None:
             raise ValueError(f"fact {i} ({subject!r}, {relation!r}, {obj!r}): relation has no inverse")
-        if i in both:
-            forward_split, reverse_split = FORWARD_SEEN, REVERSE_SEEN
-        else:
-            reverse_trained = {"random": rng.random() < 0.5, "forward": False, "reverse": True}[
-                held_out_direction
-            ]
-            forward_split, reverse_split = (
-                (FORWARD_HELD_OUT, REVERSE_ONLY) if reverse_trained else (FORWARD_ONLY, REVERSE_HELD_OUT)
-            )
+    if fact_splits is None:
+        fact_splits = _drawn_fact_splits(facts, relations, both_fraction, held_out_direction, seed)
+    elif len(fact_splits) != len(facts):
+        raise ValueError(f"{len(fact_splits)} fact splits for {len(facts)} facts; expected one per fact")
+    statements = []
+    for i, ((subject, relation, obj), name) in enumerate(zip(facts, fact_splits)):
+        if name not in FACT_SPLITS:
+            raise ValueError(f"fact {i} ({subject!r}, {relation!r}, {obj!r}): split {name!r}; expected one of "
+                             f"{list(FACT_SPLITS)}")
+        forward_split, reverse_split = FACT_SPLITS[name]
         statements.append(Statement(subject, relation, obj, i, "forward", forward_split))
-        statements.append(Statement(obj, inverse, subject, i, "reverse", reverse_split))
+        statements.append(Statement(obj, relations[relation].inverse, subject, i, "reverse", reverse_split))
+    mixed = mixed_questions(statements)
+    if mixed:
+        shown = ", ".join(f"({s!r}, {r!r})" for s, r in mixed[:5]) + (" ..." if len(mixed) > 5 else "")
+        raise ValueError(f"{len(mixed)} question(s) have both trained and held-out answers: {shown}; expected every "
+                         "answer of a held-out question held out (a trained answer would count as a correct reply)")
     return tuple(statements)
+
+
+def mixed_questions(statements: Iterable[Statement]) -> list[tuple[str, str]]:
+    """The questions ``(subject, relation)`` that have both a trained and a held-out statement, sorted."""
+    trained: dict[tuple[str, str], set[bool]] = {}
+    for s in statements:
+        trained.setdefault((s.subject, s.relation), set()).add(s.trained)
+    return sorted(q for q, flags in trained.items() if len(flags) == 2)
+
+
+def _drawn_fact_splits(facts, relations, both_fraction: float, held_out_direction: str, seed: int) -> list[str]:
+    """Each fact's split name, drawn per group of facts that share a question (see :func:`split_facts`)."""
+    groups = question_groups(facts, relations)
+    rng = random.Random(seed)
+    order = list(range(len(groups)))
+    rng.shuffle(order)
+    both = set(order[: round(len(groups) * both_fraction)])
+    names = [""] * len(facts)
+    for g, members in enumerate(groups):
+        if g in both:
+            name = "both"
+        else:
+            reverse_trained = {"random": rng.random() < 0.5, "forward": False, "reverse": True}[held_out_direction]
+            name = "forward_held_out" if reverse_trained else "reverse_held_out"
+        for i in members:
+            names[i] = name
+    return names
+
+
+def question_groups(facts: Sequence[tuple[str, str, str]], relations: dict[str, Relation]) -> list[list[int]]:
+    """The facts (by index) grouped by shared questions: two facts are in one group when they share a subject and
+    relation, or an object and inverse (transitively). Groups are ordered by their first fact."""
+    parent = list(range(len(facts)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[tuple[str, str], int] = {}
+    for i, (subject, relation, obj) in enumerate(facts):
+        for question in ((subject, relation), (obj, relations[relation].inverse)):
+            j = first.setdefault(question, i)
+            parent[root(i)] = root(j)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(facts)):
+        groups.setdefault(root(i), []).append(i)
+    return sorted(groups.values(), key=lambda members: members[0])
 
 
 def check_relations(relations: Iterable[Relation]) -> dict[str, Relation]:
