@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from revinterp.analysis.verdict import MARGIN_FRACTION
 from revinterp.results import STAGES, StageResult, View, save_run_info, save_stage
 
 BEHAVIOUR_FILE = "behaviour.json"
@@ -92,6 +93,7 @@ def analyze(run_dir: str | Path, *, device=None, progress: bool = True, max_pair
         "reverse": lambda: reverse_stage(run, max_pairs, progress),
         "missing": lambda: missing_stage(run),
         "dynamics": lambda: dynamics_stage(run),
+        "verdict": lambda: verdict_stage({name: result.numbers for name, result in done.items()}),
     }
     with run_lock(run_dir, purpose="analyze"):  # one writer per run directory (revinterp.rundir)
         bar = None
@@ -99,11 +101,12 @@ def analyze(run_dir: str | Path, *, device=None, progress: bool = True, max_pair
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(STAGES), desc="analyses", unit="stage")
-        saved = {}
+        saved, done = {}, {}
         for name in STAGES:
             if bar is not None:
                 bar.set_postfix_str(name)
-            saved[name] = save_stage(run_dir, measures[name]())
+            done[name] = measures[name]()
+            saved[name] = save_stage(run_dir, done[name])
             if bar is not None:
                 bar.update(1)
         if bar is not None:
@@ -377,6 +380,8 @@ def measure_interventions(run, max_pairs: int, progress: bool, out: StageResult)
         per_split[split] = {
             "n_pairs": compared.n_pairs[split], "total": estimate(total), "excludes_zero": excludes_zero(total),
             "share_of_seen": (abs(total.mean / seen_effect) if seen_effect and split not in seen else None),
+            "equivalence": (compared.equivalence(split, seen[0], MARGIN_FRACTION).to_dict() if seen_effect
+                            else None),
             "counts": {method: {"distinguishable": len(compared.distinguishable(split, method)),
                                 "tested": compared.n_tested(split, method)} for method in INTERVENTION_METHODS},
         }
@@ -389,14 +394,23 @@ def measure_interventions(run, max_pairs: int, progress: bool, out: StageResult)
 
 def measure_weights(run, out: StageResult) -> dict:
     from revinterp.analysis.weights import effective_weights, single_token_entities
+    from revinterp.stats import equivalence_test
 
     if not single_token_entities(run.facts.statements):
         raise Skip(**multi_token_reason(run.facts))
     weights = effective_weights(run.model, run.facts, path="end_to_end")
     out.figure("weights", "Effective weights (end to end)", weights.plot())
+    effect = weights.effect(WEIGHT_BASELINE)[0].double().cpu()
+    values = {split: effect[[k for k, s in enumerate(weights.statements) if s.split == split]]
+              for split in weights.splits}
+    seen = next((s for s in SEEN_REVERSE_SPLITS if s in values), None)
+    margin = MARGIN_FRACTION * abs(values[seen].mean().item()) if seen else 0.0
     return {"baseline": WEIGHT_BASELINE,
             "per_split": {split: estimate(weights.estimate(split, baseline=WEIGHT_BASELINE))
-                          for split in weights.splits}}
+                          for split in weights.splits},
+            # absence as equivalence: TOST against 5 % of the seen-reverse entry (revinterp.analysis.verdict)
+            "equivalence": {split: equivalence_test(v if v.numel() > 1 else v.repeat(2), margin).to_dict()
+                            for split, v in values.items()} if margin > 0 else {}}
 
 
 def measure_probes(run, out: StageResult) -> dict:
@@ -485,6 +499,17 @@ def dynamics_stage(run) -> StageResult:
     result = StageResult("dynamics")
     isolated(result, "probability", lambda out: measure_probability_dynamics(run, out))
     isolated(result, "weights", lambda out: measure_weight_dynamics(run, out))
+    return result
+
+
+def verdict_stage(numbers: dict[str, dict]) -> StageResult:
+    """The run's verdict, computed from the numbers of the other stages (:func:`revinterp.analysis.verdict.verdict`):
+    each line of evidence with its positive control, the reverse path present, absent or inconclusive, and the
+    causes the starvation diagnostic supports."""
+    from revinterp.analysis.verdict import verdict
+
+    result = StageResult("verdict")
+    isolated(result, "verdict", lambda out: verdict(numbers).to_numbers())
     return result
 
 

@@ -26,9 +26,10 @@ from revinterp.io import atomic_write_text
 RESULTS_VERSION = 1
 ANALYSIS_DIR = "analysis"
 RUN_INFO = "run.json"
-STAGES = ("behaviour", "forward", "reverse", "missing", "dynamics")
+STAGES = ("behaviour", "forward", "reverse", "missing", "dynamics", "verdict")
 """The analysis stages, in the order a reader asks: does the curse appear, where is the forward fact, why is
-there no reverse path, what exactly is missing on a held-out reverse prompt, how did it evolve."""
+there no reverse path, what exactly is missing on a held-out reverse prompt, how did it evolve, and what the
+evidence supports (the verdict, computed from the others' numbers)."""
 
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 

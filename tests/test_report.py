@@ -14,7 +14,7 @@ from revinterp.pipeline import analyze
 from revinterp.results import STAGES, ResultsError, load_results
 from revinterp.viz.report import write_report
 
-SECTIONS = ("behaviour", "forward", "reverse", "missing", "dynamics")
+SECTIONS = ("behaviour", "forward", "reverse", "missing", "dynamics", "verdict")
 # what would make the browser fetch: an element that loads a URL, a CSS url() or @import, an ES import from a URL
 # (plain links <a href> load nothing; plotly.js holds some in its strings, e.g. its logo link)
 EXTERNAL = re.compile(
@@ -43,12 +43,24 @@ def test_analyses_are_saved_per_stage_and_the_report_shows_them(analysed_run):
     page = (run_dir / "report.html").read_text()
     for key in SECTIONS:
         assert f"<section id='{key}'>" in page
-        assert stages[key].figures, key
+        assert stages[key].figures or key == "verdict", key  # the verdict is sentences from the others' numbers
     assert page.count("Plotly.newPlot(") == sum(len(s.figures) for s in stages.values())
     views = [v for s in stages.values() for v in s.views]
     assert views and page.count("CircuitsVis.render(") == len(views)  # circuitsvis attention views
     assert page.count("CircuitsVis=") <= 1 and "<iframe" not in page  # one copy of the bundle, no frames
     assert "reverse_held_out" in page and "chance" in page
+
+
+def test_the_verdict_judges_the_held_out_split_from_every_line(analysed_run):
+    run_dir, _ = analysed_run
+    _, stages = load_results(run_dir)
+    found = stages["verdict"].numbers["verdict"]
+    assert found["split"] == "reverse_held_out"
+    assert [line["name"] for line in found["lines"]] == ["behaviour", "interventions", "effective weights", "probes",
+                                                         "interchange", "what is missing"]
+    assert found["input_side"] == found["answer_side"] == "starved"  # the seed setup starves both sides
+    assert found["reverse_path"] in ("absent", "inconclusive")
+    assert f"Verdict on reverse_held_out: {found['statement']}" in (run_dir / "report.html").read_text()
 
 
 def test_saved_numbers_are_the_analyses_numbers(analysed_run, tiny_run):

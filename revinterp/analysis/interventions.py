@@ -46,7 +46,7 @@ from revinterp.analysis.sites import SWEEP_COMPONENTS
 from revinterp.data import REVERSE_HELD_OUT, REVERSE_SEEN, FactSet
 from revinterp.evaluation import model_device
 from revinterp.models import unpack_run
-from revinterp.stats import Estimate, bootstrap_ci, error_bars
+from revinterp.stats import Equivalence, Estimate, bootstrap_ci, equivalence_test, error_bars
 
 INTERVENTION_METHODS = ("patching", "attribution", "dla")
 """Exact activation patching, attribution patching, direct logit attribution."""
@@ -93,6 +93,24 @@ class SplitInterventions:
     attribution: dict[str, dict[str, SiteEffects]]
     dla: dict[str, DirectLogitAttributionResult]
     confidence: float = 0.95
+
+    def total_values(self, split: str) -> torch.Tensor:
+        """Per prompt pair of ``split``: the total effect ``clean - corrupted`` (float64)."""
+        if split not in self.patching:
+            raise KeyError(f"split {split!r} was not compared; expected one of {self.splits}")
+        first = next(iter(self.patching[split].values()))
+        return (first.clean - first.corrupted).double().cpu()
+
+    def equivalence(self, split: str, reference: str, fraction: float = 0.05) -> Equivalence:
+        """Two one-sided tests that the total effect on ``split`` is within ``fraction`` of the mean total effect on
+        ``reference`` (the seen-reverse split: :func:`revinterp.stats.equivalence_test`), so that "no effect" is a
+        claim of equivalence with a stated margin, not a failure to reject."""
+        margin = fraction * abs(self.total[reference].mean)
+        if not margin > 0:
+            raise ValueError(f"the total effect on {reference!r} is {self.total[reference].mean}; it cannot set a "
+                             "margin (expected a nonzero seen effect)")
+        values = self.total_values(split)
+        return equivalence_test(values if values.numel() > 1 else values.repeat(2), margin)
 
     def distinguishable(self, split: str, method: str = "patching") -> list[InterventionEffect]:
         """The sites of ``split`` whose effect interval excludes zero, largest ``|effect|`` first."""

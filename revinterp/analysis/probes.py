@@ -120,7 +120,8 @@ class SelectedSite:
         layer: its depth label (``"L1 resid_pre"``).
         position_label: its position label (``"subject"``).
         selectivity: cross-validated task accuracy minus the control task's, the criterion it was chosen on.
-        cross_val_accuracy: the task's cross-validated accuracy there.
+        cross_val_accuracy: the task's cross-validated accuracy there (the positive control: seen pairs whose answer
+            class the fold's probe never saw); ``cross_val_hits`` of ``n_cross_val`` statements.
         control_cross_val_accuracy: the control task's.
         test: test accuracy on the held-out statements with its exact (Clopper-Pearson) 95 % interval.
         test_hits: correct test statements.
@@ -135,6 +136,8 @@ class SelectedSite:
     position_label: str
     selectivity: float
     cross_val_accuracy: float
+    cross_val_hits: int
+    n_cross_val: int
     control_cross_val_accuracy: float
     test: Estimate
     test_hits: int
@@ -147,6 +150,7 @@ class SelectedSite:
         return dict(
             layer=self.layer, position=self.position, position_label=self.position_label, depth=self.depth,
             selectivity=self.selectivity, cross_val_accuracy=self.cross_val_accuracy,
+            cross_val_hits=self.cross_val_hits, n_cross_val=self.n_cross_val,
             control_cross_val_accuracy=self.control_cross_val_accuracy, test_accuracy=self.test.mean,
             test_ci_low=self.test.low, test_ci_high=self.test.high, test_hits=self.test_hits, n_test=self.test.n,
             chance=self.chance, p_value=self.p_value, n_sites=self.n_sites, chosen_on="cross_val",
@@ -286,6 +290,7 @@ class ProbeResult:
         return SelectedSite(
             depth=d, position=self.positions[p], layer=self.depth_labels[d], position_label=self.position_labels[p],
             selectivity=float(self.selectivity[d, p]), cross_val_accuracy=float(self.cross_val_accuracy[d, p]),
+            cross_val_hits=int(self.cross_val_correct[d, p].sum()), n_cross_val=self.cross_val_correct.shape[-1],
             control_cross_val_accuracy=float(self.control_cross_val_accuracy[d, p]),
             test=clopper_pearson(hits, n), test_hits=hits, chance=self.chance,
             p_value=float(binom.sf(hits - 1, n, self.chance)), n_sites=int(self.selectivity.numel()),

@@ -9,7 +9,9 @@ asks:
    attention of the heads that matter
 3. Why is there no reverse path?  reverse interventions, effective-weight asymmetry, probes, the gradient
    view, embedding starvation
-4. How did it evolve?  behaviour and effective weights over the saved checkpoints
+4. What exactly is missing?  routing against the stored entry, and inserting the missing entry
+5. How did it evolve?  behaviour and effective weights over the saved checkpoints
+6. What does the evidence support?  the verdict, each line of evidence with its positive control
 
 The page is safe to open whatever the facts are called: every string from facts, tokens, configs or saved JSON
 is escaped for its context (HTML text and attributes with :func:`html.escape`; JSON inside ``<script>`` with
@@ -60,6 +62,7 @@ def write_report(run_dir: str | Path) -> Path:
         Section("reverse", "3. Why is there no reverse path?", reverse_findings(stages["reverse"].numbers)),
         Section("missing", "4. What exactly is missing?", missing_findings(stages["missing"].numbers)),
         Section("dynamics", "5. How did it evolve over training?", dynamics_findings(stages["dynamics"].numbers)),
+        Section("verdict", "6. What does the evidence support?", verdict_findings(stages["verdict"].numbers)),
     ]
     for section in sections:
         section.result = stages[section.key]
@@ -98,10 +101,18 @@ def behaviour_findings(numbers: dict) -> list[str]:
     findings = []
     for name, m in numbers["splits"].items():
         verdict = ""
-        if not m["trained"]:
-            above = m["accuracy_ci"][0] > m["chance_accuracy"]
-            verdict = (" - above chance: a path for this direction exists" if above
-                       else " - not distinguishable from chance or below it")
+        if not m["trained"] and "tests" in m:
+            tests = m["tests"]
+            verdict = (f"; one-sided tests: accuracy above chance p = {tests['accuracy_above_chance_p']:.2g}, rank "
+                       f"worse than chance p = {tests['rank_below_chance_p']:.2g}, log-probability below uniform "
+                       f"p = {tests['logprob_below_chance_p']:.2g}")
+        among = m.get("held_out_answers")
+        if among:
+            verdict += (f"; among the {among['n_candidates']} held-out answers only: accuracy "
+                        f"{pct(among['accuracy'])} [95 % CI {pct(among['accuracy_ci'][0])}, "
+                        f"{pct(among['accuracy_ci'][1])}] against chance {pct(among['chance_accuracy'])} (p = "
+                        f"{among['accuracy_above_chance_p']:.2g}), mean rank {num(among['mean_rank'], 1)} (chance "
+                        f"{num(among['chance_mean_rank'], 1)})")
         findings.append(
             f"{name} ({'trained' if m['trained'] else 'held out'}, n={m['n']}): accuracy {pct(m['accuracy'])} "
             f"[95 % CI {pct(m['accuracy_ci'][0])}, {pct(m['accuracy_ci'][1])}] against chance "
@@ -179,12 +190,16 @@ def reverse_findings(numbers: dict) -> list[str]:
         chance = 100 * (1 - interventions["confidence"])
         for split in interventions["splits"]:
             r = interventions["per_split"][split]
-            if not r["excludes_zero"]:
-                verdict = "indistinguishable from zero"
-            elif r["share_of_seen"] is not None:
-                verdict = f"distinguishable from zero, {100 * r['share_of_seen']:.1f} % of the seen-reverse effect"
+            eq = r.get("equivalence")
+            if split == interventions["seen"] or eq is None:
+                verdict = "the positive control" if split == interventions["seen"] else "no seen split to compare"
             else:
-                verdict = "distinguishable from zero"
+                verdict = (f"{eq['verdict']} within +-{eq['margin']:.3g} (5 % of the seen-reverse effect; two "
+                           f"one-sided tests p = {eq['p_equivalence']:.2g})")
+                if eq["verdict"] == "undetermined":
+                    verdict += f"; about {eq['n_needed']} pairs would be needed"
+                if r["share_of_seen"] is not None:
+                    verdict += f"; {100 * r['share_of_seen']:.1f} % of the seen-reverse effect"
             counts = "; ".join(f"{method}: {c['distinguishable']} of {c['tested']} sites distinguishable from zero"
                                for method, c in r["counts"].items())
             findings.append(
@@ -302,6 +317,25 @@ def missing_findings(numbers: dict) -> list[str]:
                     f"placebo; margin change {interval(g['margin_change_after'])} against "
                     f"{interval(g['margin_change_placebo'])} for the placebo."
                 )
+    return findings
+
+
+def verdict_findings(numbers: dict) -> list[str]:
+    found = numbers["verdict"]
+    if "skipped" in found:
+        return [skipped("Verdict", found["skipped"])]
+    sides = found["starvation"]
+    findings = [f"Verdict on {found['split']}: {found['statement']}."]
+    if sides:
+        findings.append(f"Starvation of the {sides['n_held_out']} held-out questions: subject input side "
+                        f"{found['input_side']} ({sides['n_input_starved']} never an input), answer side "
+                        f"{found['answer_side']} ({sides['n_answer_starved']} never a training target).")
+    for line in found["lines"]:
+        findings.append(f"{line['name']}: {line['finding']}" + (" (votes)" if line["votes"] else " (does not vote)")
+                        + f" - {line['evidence']}"
+                        + (f"; positive control {line['control']}: {line['control_evidence']}"
+                           if line["control_evidence"] else "") + ".")
+    findings += [f"Caveat: {caveat}." for caveat in found["caveats"]]
     return findings
 
 
