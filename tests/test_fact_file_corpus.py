@@ -65,10 +65,12 @@ CASES: dict[str, list[str] | None] = {
     "facts.txt": [r"unknown fact file type '\.txt'; expected \.csv or \.jsonl"],
     "conflicts.csv": [  # all three at once
         r"3 problems",
-        r"line 3: \('Ada', 'parent_of'\) -> 'Cleo' conflicts with 'Ben' \(line 2\)",
-        r"line 5: \('Dan', 'parent_of'\) -> 'Fay' conflicts with 'Eve' \(line 4\)",
-        r"line 7: \('Hal', 'student_of'\) -> 'Ivy' conflicts with 'Gus' \(line 6\)",
+        r"line 5: fact \('Dan', 'parent_of', 'Eve'\) has split 'reverse_held_out' here but 'both' on line 4",
+        r"line 7: fact \('Gus', 'teacher_of', 'Hal'\) has split 'both' here but 'reverse_held_out' on line 6",
+        r"line 9: fact \('Ivy', 'teacher_of', 'Jo'\) has split 'reverse_held_out' here but 'forward_held_out' on "
+        r"line 8",
     ],
+    "one_to_many.csv": None,
     "inverse_changes.csv": [r"line 3: relation 'parent_of' declared with inverse 'kid_of'",
                             r"line 4: relation 'parent_of' declared with inverse 'offspring_of'"],
     "own_inverse.csv": [r"line 2: relation 'sibling_of' is declared as its own inverse"],
@@ -150,9 +152,11 @@ def test_valid_but_unusual_fact_file_trains(name, tmp_path, capsys, monkeypatch)
         "bare_carriage_returns.csv": {"Ada Ash", "Ben Birch", "Cleo Cedar", "Dan Dale"},
         "braces_in_entity.csv": {"{subject}", "{0}", "{object} x", "Dan"},  # literal, never formatted
         "html_entity.csv": {"</script><svg/onload=document.title='x'>", "Ben", "Cleo", "<b>Dan</b>"},
+        "one_to_many.csv": {"Ada", "Ben", "Cleo", "Dan", "Gus", "Hal", "Ivy"},
     }[name]
     assert names == expected
-    assert {r["name"] for r in manifest["relations"]} == {"parent_of", "child_of"}  # no '\ufeffsubject' column
+    pairs = {"parent_of", "child_of"} | ({"teacher_of", "student_of"} if name == "one_to_many.csv" else set())
+    assert {r["name"] for r in manifest["relations"]} == pairs  # no '\ufeffsubject' column
 
 
 def many_rows(tmp_path: Path, n: int, words_per_name: int = 1) -> Path:

@@ -1,9 +1,20 @@
-"""User fact files: CSV or JSONL rows of ``subject, relation, object, inverse``.
+"""User fact files: CSV or JSONL rows of ``subject, relation, object, inverse`` and an optional ``split``.
 
 Each row states one fact; ``inverse`` names the inverse relation (``parent_of`` -> ``child_of``) and
 must be the same on every row of a relation. Entity names may be several words (each word becomes a
 token). A row stated through the inverse (``Bob, child_of, Alice``) is the same fact as
-``Alice, parent_of, Bob``; exact repeats are merged, conflicting ones are an error.
+``Alice, parent_of, Bob``; exact repeats are merged. A question may have several answers (a parent with several
+children, a child with two parents: one-to-many and many-to-many relations); they are detected, listed in the
+fact set's ``source["many_answer_relations"]``, split together (:func:`revinterp.data.split_facts`) and all counted
+as correct by the evaluation.
+
+The optional ``split`` column fixes each fact's split instead of drawing it from a seed (to reproduce a published
+split): ``both`` (trained both ways), ``reverse_held_out`` (the row as written is trained, its inverse statement
+held out) or ``forward_held_out`` (the row as written is held out, its inverse trained). When any row has one,
+every row must, and a question may not be both trained and held out.
+
+A fact manifest (``facts.json`` of a run directory, :meth:`FactSet.save`) loads as it was saved, splits included,
+so ``revinterp run --facts run_dir/facts.json`` retrains on exactly the same facts and splits.
 
 CSV (header required)::
 
@@ -28,8 +39,8 @@ What a file must hold:
   :func:`load_fact_file` change the limits): past them the file is refused as soon as the limit is crossed,
   before anything is trained or written.
 
-Every problem the loader finds in the rows is reported at once, each with its line, in one
-:class:`FactFileError`.
+Every problem the loader finds in the rows (conflicting inverses or splits included) is reported at once, each
+with its line, in one :class:`FactFileError`.
 """
 
 from __future__ import annotations
@@ -41,11 +52,21 @@ import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
-from revinterp.data.facts import HELD_OUT_DIRECTIONS, FactSet, Relation, check_relations, split_facts
+from revinterp.data.facts import (
+    FACT_SPLITS,
+    HELD_OUT_DIRECTIONS,
+    FactSet,
+    Relation,
+    check_relations,
+    split_facts,
+)
 from revinterp.data.generators import SYMBOLIC_TEMPLATE, check_choice, check_count, check_fraction, check_seed
 from revinterp.data.tokenizer import SPECIAL_TOKENS, word_problem
 
 COLUMNS = ("subject", "relation", "object", "inverse")
+SPLIT_COLUMN = "split"
+"""The optional column that fixes a fact's split (one of :data:`revinterp.data.facts.FACT_SPLITS`)."""
+_FLIPPED = {"both": "both", "reverse_held_out": "forward_held_out", "forward_held_out": "reverse_held_out"}
 MAX_FACTS = 200_000
 """Most fact rows a file may hold by default. A tiny model fits a few thousand facts in minutes; 200,000 facts
 (400,000 statements) already take hours to train on a CPU, and a file far past that is more likely a wrong file
@@ -211,7 +232,7 @@ def _jsonl_rows(path: Path, problems: _Problems, bad_lines: set[int], progress: 
         if not isinstance(row, dict):
             problems.add(line_no, f"expected a JSON object with fields {list(COLUMNS)}, got {_short(row)}")
             continue
-        wrong = [c for c in COLUMNS if c in row and not isinstance(row[c], str)]
+        wrong = [c for c in (*COLUMNS, SPLIT_COLUMN) if c in row and not isinstance(row[c], str)]
         if wrong:
             for c in wrong:
                 kind = "null" if row[c] is None else f"a JSON {_json_type(row[c])} ({_short(row[c])})"
@@ -270,13 +291,15 @@ def load_fact_file(
     max_name_words: int | None = None,
     progress: bool = False,
 ) -> FactSet:
-    """Read a fact file and split its facts as :func:`revinterp.data.split_facts` does.
+    """Read a fact file and split its facts as :func:`revinterp.data.split_facts` does (or as its ``split`` column
+    says).
 
     Args:
-        path: a ``.csv`` or ``.jsonl`` file (see the module docstring for what it must hold).
-        both_fraction: as :func:`revinterp.data.split_facts`.
-        held_out_direction: as :func:`revinterp.data.split_facts`.
-        seed: as :func:`revinterp.data.split_facts`.
+        path: a ``.csv`` or ``.jsonl`` file (see the module docstring for what it must hold), or a fact manifest
+            (``.json``, as a run directory's ``facts.json``), returned as saved (the other arguments unused).
+        both_fraction: as :func:`revinterp.data.split_facts` (unused with a ``split`` column).
+        held_out_direction: as :func:`revinterp.data.split_facts` (unused with a ``split`` column).
+        seed: as :func:`revinterp.data.split_facts` (unused with a ``split`` column).
         max_facts: most rows (default :data:`MAX_FACTS`); a file with more is refused when its row
             ``max_facts + 1`` is read.
         max_words: most distinct words of entity and relation names (default :data:`MAX_WORDS`).
@@ -299,12 +322,19 @@ def load_fact_file(
     check_count("max_name_words", max_name_words, 1)
     if not path.is_file():
         raise FactFileError(f"{path}: {'a directory, not a fact file' if path.is_dir() else 'no such fact file'}")
+    if path.suffix.lower() == ".json":
+        try:
+            return FactSet.load(path)
+        except ValueError as e:
+            raise FactFileError(f"{e} (a .json fact file is a fact manifest, as a run directory's facts.json)"
+                                ) from None
     problems = _Problems(path)
     inverses: dict[str, str] = {}
     forward_relations: set[str] = set()  # of each relation pair, the one first used by a row
-    by_question: dict[tuple[str, str], tuple[str, int]] = {}  # (subject, relation) -> (object, line)
     facts: list[tuple[str, str, str]] = []
-    seen: set[tuple[str, str, str]] = set()
+    fact_index: dict[tuple[str, str, str], int] = {}
+    fact_lines: list[int] = []
+    fact_splits: list[str | None] = []  # each fact's split column, oriented as the fact (None: no column)
     words: set[str] = set()  # every word checked so far
     n_rows = 0
     for line_no, row in read_rows(path, problems, progress=progress):
@@ -345,6 +375,10 @@ def load_fact_file(
                 bad.append(problem)
             else:
                 values[column] = value
+        split = row.get(SPLIT_COLUMN)
+        split = " ".join(split.split()) or None if split is not None else None
+        if split is not None and split not in FACT_SPLITS:
+            bad.append(f"split {split!r}; expected one of {list(FACT_SPLITS)} (or no split column)")
         if not bad and values["relation"] == values["inverse"]:
             bad.append(f"relation {values['relation']!r} is declared as its own inverse; expected a different "
                        "inverse name")
@@ -360,37 +394,48 @@ def load_fact_file(
             problems.add(line_no, f"relation {name!r} declared with inverse {inv!r}; earlier rows declare "
                                   f"{inverses[name]!r}")
             continue
-        conflicts = [
-            f"({question[0]!r}, {question[1]!r}) -> {answer!r} conflicts with {earlier[0]!r} (line {earlier[1]}); "
-            "expected one answer per subject and relation"
-            for question, answer in (((subject, relation), obj), ((obj, inverse), subject))
-            if (earlier := by_question.get(question, (answer, line_no)))[0] != answer
-        ]
-        if conflicts:
-            for message in conflicts:
-                problems.add(line_no, message)
-            continue
         if relation not in inverses:
             forward_relations.add(relation)
         inverses[relation], inverses[inverse] = inverse, relation
-        for question, answer in (((subject, relation), obj), ((obj, inverse), subject)):
-            by_question.setdefault(question, (answer, line_no))
         if relation not in forward_relations:
             subject, relation, obj = obj, inverse, subject
-        if (subject, relation, obj) in seen:
+            split = None if split is None else _FLIPPED[split]
+        fact = (subject, relation, obj)
+        if fact in fact_index:
+            earlier = fact_index[fact]
+            if fact_splits[earlier] != split:
+                problems.add(line_no, f"fact ({subject!r}, {relation!r}, {obj!r}) has split {split!r} here but "
+                                      f"{fact_splits[earlier]!r} on line {fact_lines[earlier]} (as {relation!r}); "
+                                      "expected one split per fact")
             continue
-        seen.add((subject, relation, obj))
-        facts.append((subject, relation, obj))
+        fact_index[fact] = len(facts)
+        facts.append(fact)
+        fact_lines.append(line_no)
+        fact_splits.append(split)
+    given = [s is not None for s in fact_splits]
+    if any(given) and not all(given):
+        first = fact_lines[given.index(True)]
+        for line_no, has in zip(fact_lines, given):
+            if not has:
+                problems.add(line_no, f"no split, while line {first} and others give one; expected a split on every "
+                                      f"row (one of {list(FACT_SPLITS)}) or on none")
     if problems.found:
         raise problems.error()
     if len(facts) < 2:
         raise FactFileError(f"{path}: {len(facts)} fact(s); expected at least 2")
     relations = check_relations(Relation(n, inv, SYMBOLIC_TEMPLATE % n) for n, inv in inverses.items())
-    statements = split_facts(
-        facts, relations, both_fraction=both_fraction, held_out_direction=held_out_direction, seed=seed
-    )
-    source = dict(
-        generator="fact_file", path=str(path), both_fraction=both_fraction,
-        held_out_direction=held_out_direction, seed=seed,
-    )
+    explicit = all(given)
+    try:
+        statements = split_facts(
+            facts, relations, both_fraction=both_fraction, held_out_direction=held_out_direction, seed=seed,
+            fact_splits=fact_splits if explicit else None,
+        )
+    except ValueError as e:
+        raise FactFileError(f"{path}: {e}") from None
+    source = dict(generator="fact_file", path=str(path))
+    if explicit:
+        source["split"] = "file"
+    else:
+        source.update(both_fraction=both_fraction, held_out_direction=held_out_direction, seed=seed)
+    source["many_answer_relations"] = FactSet(relations=relations, statements=statements).many_answer_relations
     return FactSet(relations=relations, statements=statements, source=source)

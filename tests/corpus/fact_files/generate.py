@@ -74,10 +74,16 @@ CASES: dict[str, bytes] = {
     "short_row.csv": csv("Ada,parent_of", "Cleo,parent_of,Dan,child_of"),
     "empty.jsonl": b"\n\n",
     "facts.txt": b"Ada parent_of Ben\n",
-    # facts that contradict each other: every conflict at once
-    "conflicts.csv": csv("Ada,parent_of,Ben,child_of", "Ada,parent_of,Cleo,child_of",  # two answers
-                         "Dan,parent_of,Eve,child_of", "Fay,child_of,Dan,parent_of",  # Dan's child twice
-                         "Gus,teacher_of,Hal,student_of", "Ivy,teacher_of,Hal,student_of"),  # Hal's teacher twice
+    # several answers per question (a parent's children, a child's two parents) are data: accepted
+    "one_to_many.csv": csv("Ada,parent_of,Ben,child_of", "Ada,parent_of,Cleo,child_of",  # two answers
+                           "Dan,parent_of,Ben,child_of", "Cleo,child_of,Dan,parent_of",  # two parents each
+                           "Gus,teacher_of,Hal,student_of", "Ivy,teacher_of,Hal,student_of"),  # Hal's teachers
+    # facts whose given splits contradict each other: every conflict at once
+    "conflicts.csv": (HEADER.strip() + ",split\n" + "".join(r + "\n" for r in (
+        "Ada,parent_of,Ben,child_of,both", "Ben,child_of,Ada,parent_of,both",  # the same split twice: fine
+        "Dan,parent_of,Eve,child_of,both", "Eve,child_of,Dan,parent_of,forward_held_out",  # both vs reverse held out
+        "Gus,teacher_of,Hal,student_of,reverse_held_out", "Gus,teacher_of,Hal,student_of,both",
+        "Ivy,teacher_of,Jo,student_of,forward_held_out", "Ivy,teacher_of,Jo,student_of,reverse_held_out"))).encode(),
     "inverse_changes.csv": csv("Ada,parent_of,Ben,child_of", "Cleo,parent_of,Dan,kid_of",
                                "Eve,parent_of,Fay,offspring_of"),
     "own_inverse.csv": csv("Ada,sibling_of,Ben,sibling_of", "Cleo,sibling_of,Dan,sibling_of"),
