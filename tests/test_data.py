@@ -338,3 +338,51 @@ def test_cli_feed_option_builds_the_starvation_cells():
         assert relations == {"subject": {"lives_in"}, "answer": {"has_member"}, "both": {"lives_in", "has_member"},
                              "none": set()}[feed]
         assert len(facts.split("held_out")) == 6
+
+
+def test_fact_file_split_column_fixes_each_facts_split(tmp_path):
+    rows = ("subject,relation,object,inverse,split\n"
+            "Ada Ash,parent_of,Ben Ash,child_of,both\n"
+            "Cleo Cole,parent_of,Dan Dale,child_of,reverse_held_out\n"
+            "Eve Eng,child_of,Fay Fox,parent_of,reverse_held_out\n"  # as written trained: Fay parent_of Eve held out
+            "Gus Gray,parent_of,Hal Hunt,child_of,forward_held_out\n")
+    facts = load_fact_file(write(tmp_path, "split.csv", rows), both_fraction=0.0, seed=123)
+    split_of = {(s.subject, s.relation, s.object): s.split for s in facts.statements}
+    assert split_of[("Ada Ash", "parent_of", "Ben Ash")] == FORWARD_SEEN
+    assert split_of[("Ben Ash", "child_of", "Ada Ash")] == REVERSE_SEEN
+    assert split_of[("Dan Dale", "child_of", "Cleo Cole")] == REVERSE_HELD_OUT
+    assert split_of[("Eve Eng", "child_of", "Fay Fox")] == REVERSE_ONLY
+    assert split_of[("Fay Fox", "parent_of", "Eve Eng")] == FORWARD_HELD_OUT
+    assert split_of[("Gus Gray", "parent_of", "Hal Hunt")] == FORWARD_HELD_OUT
+    assert facts.source["split"] == "file" and "seed" not in facts.source
+
+
+def test_fact_manifest_loads_as_a_fact_file(tmp_path):
+    facts = seed_experiment(20, seed=4)
+    facts.save(tmp_path / "facts.json")
+    assert load_fact_file(tmp_path / "facts.json", seed=99).statements == facts.statements
+    (tmp_path / "bad.json").write_text('{"manifest_version": 1}')
+    with pytest.raises(FactFileError, match=r"bad.json: field 'relations' is missing.*fact manifest"):
+        load_fact_file(tmp_path / "bad.json")
+
+
+def test_shared_questions_are_split_together(tmp_path):
+    # two families: every child has two parents, every parent two children; one fact per row
+    rows = HEADER + "".join(f"{p}{f},parent_of,{c}{f},child_of\n" for f in range(30) for p in "mf" for c in "xy")
+    facts = load_fact_file(write(tmp_path, "families.csv", rows), both_fraction=0.5, seed=1)
+    assert facts.source["many_answer_relations"] == ["child_of", "parent_of"]
+    assert facts.answers("x3", "child_of") == ("f3", "m3") and facts.answers("m3", "parent_of") == ("x3", "y3")
+    assert {s.split for s in facts.statements} >= {FORWARD_SEEN, REVERSE_HELD_OUT, FORWARD_HELD_OUT}
+    for question_statements in statements_by_question(facts).values():
+        assert len({s.trained for s in question_statements}) == 1  # no held-out question has a trained answer
+    families = {}
+    for s in facts.statements:
+        families.setdefault(s.subject[1:], set()).add(s.split)
+    assert all(len(splits) == 2 for splits in families.values())  # a family is split as one (both, or one way)
+
+
+def statements_by_question(facts):
+    by_question = {}
+    for s in facts.statements:
+        by_question.setdefault((s.subject, s.relation), []).append(s)
+    return by_question
