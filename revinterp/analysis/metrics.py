@@ -1,4 +1,8 @@
-"""Metrics of the answer at the last prompt position, per example.
+"""Metrics of the answer at the last position, per example.
+
+The answers are the tokens at which the clean and corrupted answers first differ
+(:func:`revinterp.analysis.prompts.make_prompt_pairs`): the answers' first tokens, or, for answers that begin alike
+(descriptions that all start with "the"), the next token after their common start, which the prompt pairs feed.
 
 - logit difference: ``logit[clean answer] - logit[corrupted answer]`` (Wang et al. 2022, IOI);
 - answer log-probability: ``log softmax(logits)[clean answer]``;

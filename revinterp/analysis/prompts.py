@@ -7,8 +7,16 @@ subject's positions, and every position lines up (Meng et al. 2022, "Locating an
 Associations in GPT", use the same clean/corrupted design with noise instead of a swap; Zhang & Nanda
 2024, "Towards Best Practices of Activation Patching", recommend the swap).
 
-Metrics read the logits at the last prompt position; for multi-token answers they use the answer's
-first token.
+Metrics read the logits at the last position and compare the two answers at their *first differing token*. For
+single-token answers, or answers whose first tokens differ, that is the answer's first token and the prompt ends
+at the relation. When the answers begin alike (descriptions that all start with "the"), both prompts are followed
+by the answers' common first tokens (teacher forcing, the same tokens in both, so positions still line up) and the
+metric compares the next token, where the answers part: ``<bos> s r the`` -> ``tall`` against
+``<bos> s' r the`` -> ``old``. :attr:`PromptPairs.answer_offset` says how many answer tokens are fed.
+
+A corruption whose answer is also a valid answer of the clean prompt (a one-to-many relation: two children of one
+parent), or whose prompt also has the clean answer, is never used: the logit difference of two valid answers
+says nothing about recall.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 from jaxtyping import Int
@@ -28,9 +36,11 @@ from revinterp.data.tokenizer import encode_words
 
 @dataclass(frozen=True)
 class PromptPairs:
-    """Aligned clean and corrupted prompts with their answers' first tokens.
+    """Aligned clean and corrupted prompts with the tokens at which their answers first differ.
 
-    ``labels`` names each position for plots (e.g. ``["<bos>", "subject", "->"]``).
+    ``labels`` names each position for plots (e.g. ``["<bos>", "subject", "->"]``). ``answer_offset`` is the number
+    of answer tokens fed after the relation (their common first tokens; 0 when the answers differ at their first
+    token). ``left_out`` counts the candidate pairs :func:`make_prompt_pairs` did not use, by reason.
     """
 
     clean: Int[Tensor, "batch pos"]
@@ -41,6 +51,8 @@ class PromptPairs:
     statements: tuple[Statement, ...] = ()
     corrupted_statements: tuple[Statement, ...] = ()
     split: str | None = None
+    answer_offset: int = 0
+    left_out: dict[str, int] = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
         if self.clean.shape != self.corrupted.shape:
@@ -62,19 +74,16 @@ class PromptPairs:
         return self.clean.shape[1] - 1
 
     def to(self, device) -> PromptPairs:
-        return PromptPairs(
-            self.clean.to(device), self.corrupted.to(device), self.clean_answer.to(device),
-            self.corrupted_answer.to(device), self.labels, self.statements, self.corrupted_statements,
-            self.split,
-        )
+        return replace(self, clean=self.clean.to(device), corrupted=self.corrupted.to(device),
+                       clean_answer=self.clean_answer.to(device), corrupted_answer=self.corrupted_answer.to(device))
 
     def select(self, indices: Sequence[int]) -> PromptPairs:
         """The pairs at ``indices``, in that order."""
         index = torch.as_tensor(list(indices), dtype=torch.long, device=self.clean.device)
         pick = (lambda seq: tuple(seq[i] for i in index.tolist()) if seq else ())
-        return PromptPairs(self.clean[index], self.corrupted[index], self.clean_answer[index],
-                           self.corrupted_answer[index], self.labels, pick(self.statements),
-                           pick(self.corrupted_statements), self.split)
+        return replace(self, clean=self.clean[index], corrupted=self.corrupted[index],
+                       clean_answer=self.clean_answer[index], corrupted_answer=self.corrupted_answer[index],
+                       statements=pick(self.statements), corrupted_statements=pick(self.corrupted_statements))
 
     def halves(self, seed: int = 0) -> tuple[PromptPairs, PromptPairs]:
         """Two disjoint random halves (the first one larger when the count is odd): one to choose on, the other
@@ -124,11 +133,15 @@ class PromptPairs:
         return cls(tokens[: len(clean)], tokens[len(clean):], first(clean_answers), first(corrupted_answers), labels)
 
 
-def position_labels(clean: Int[Tensor, "batch pos"], corrupted: Int[Tensor, "batch pos"], tokenizer) -> tuple[str, ...]:
+def position_labels(clean: Int[Tensor, "batch pos"], corrupted: Int[Tensor, "batch pos"], tokenizer,
+                    answer_offset: int = 0) -> tuple[str, ...]:
     """Names of the prompt positions: ``<bos>``, ``subject`` (``subject[k]`` for several tokens) where clean and
-    corrupted prompts differ, the word itself where every prompt has the same one, else ``relation``."""
+    corrupted prompts differ, the word itself where every prompt has the same one, else ``relation``; the last
+    ``answer_offset`` positions (fed answer tokens) are the word where every prompt has the same one, else
+    ``answer[k]``."""
     differs = (clean != corrupted).any(0).tolist()
     n_subject = sum(differs)
+    first_answer = clean.shape[1] - answer_offset
     labels, k = [], 0
     for p in range(clean.shape[1]):
         if differs[p]:
@@ -137,7 +150,7 @@ def position_labels(clean: Int[Tensor, "batch pos"], corrupted: Int[Tensor, "bat
         elif (clean[:, p] == clean[0, p]).all():
             labels.append(tokenizer.convert_ids_to_tokens(int(clean[0, p])))
         else:
-            labels.append("relation")
+            labels.append(f"answer[{p - first_answer}]" if p >= first_answer else "relation")
     return tuple(labels)
 
 
@@ -154,25 +167,33 @@ def make_prompt_pairs(
     *,
     max_pairs: int | None = None,
     prompt_length: int | None = None,
+    max_length: int | None = None,
     seed: int = 0,
 ) -> PromptPairs:
     """Clean/corrupted pairs for every statement of ``split`` (or a random ``max_pairs`` of them).
 
     Statements are grouped by relation and prompt length; within a group each statement is paired
     with another one by a random cyclic shift, so every subject is corrupted by a different subject
-    of the same split. Pairs whose answers share their first token are dropped (their logit
-    difference is zero by construction), and so is a statement that is the only one of its relation
-    and length in the split (it has no partner).
+    of the same split. A pair is compared at the first token where the two answers differ (see the module
+    docstring), after their common first tokens. Left out, and counted in :attr:`PromptPairs.left_out`:
 
-    Patching needs aligned positions, so all pairs have one prompt length: when the split's prompts
-    have several lengths (multi-word names of different lengths, relation phrases of different
-    lengths), choose one with ``prompt_length`` (:func:`prompt_length_counts` gives the counts);
-    without it such a split is an error, never a silent subset.
+    - ``answer_also_valid``: the corrupted answer is a valid answer of the clean prompt, or the clean answer one of
+      the corrupted prompt (:meth:`FactSet.answers`);
+    - ``no_differing_token``: one answer is the other, or its start;
+    - ``other_length``: all pairs need one input length (prompt plus fed answer tokens) for positions to line up,
+      so the pairs of the most common length are kept (of those within ``max_length``);
+    - ``too_long``: the input would be longer than ``max_length`` tokens (the model's context, ``n_ctx``).
+
+    A statement that is the only one of its relation and length in the split has no partner. Patching needs
+    aligned positions, so all pairs have one prompt length: when the split's prompts have several lengths
+    (multi-word names of different lengths, relation phrases of different lengths), choose one with
+    ``prompt_length`` (:func:`prompt_length_counts` gives the counts); without it such a split is an error,
+    never a silent subset.
 
     Raises:
         ValueError: fewer than two statements; prompts of several lengths and no ``prompt_length``; no
-            two statements of one relation at the chosen length; every candidate pair's answers share
-            their first token.
+            two statements of one relation at the chosen length; no usable pair (with the counts of each
+            reason).
     """
     statements = facts.split(split)
     if len(statements) < 2:
@@ -196,26 +217,56 @@ def make_prompt_pairs(
             f"(lengths: {dict(sorted(counts.items()))}); expected at least one such pair to corrupt a subject"
         )
     rng = random.Random(seed)
-    clean_rows, corrupt_rows = [], []
+    candidates = []
     for rows in pairable:
         order = rows[:]
         rng.shuffle(order)
         shift = rng.randrange(1, len(order))
-        for k, i in enumerate(order):
-            clean_rows.append(i)
-            corrupt_rows.append(order[(k + shift) % len(order)])
-    tokens = encoded.tokens[:, :length]
-    answers = encoded.tokens[torch.arange(len(encoded)), encoded.prompt_lengths]
-    keep = [(i, j) for i, j in zip(clean_rows, corrupt_rows) if answers[i] != answers[j]]
+        candidates += [(i, order[(k + shift) % len(order)]) for k, i in enumerate(order)]
+    answers = [encoded.tokens[i, length:length + int(encoded.answer_lengths[i])].tolist()
+               for i in range(len(statements))]
+    left_out = Counter()
+    by_offset: dict[int, list[tuple[int, int]]] = {}
+    for i, j in candidates:
+        si, sj = statements[i], statements[j]
+        if sj.object in facts.answers(si.subject, si.relation) or si.object in facts.answers(sj.subject, sj.relation):
+            left_out["answer_also_valid"] += 1
+            continue
+        offset = common_prefix_length(answers[i], answers[j])
+        if offset == min(len(answers[i]), len(answers[j])):
+            left_out["no_differing_token"] += 1
+        elif max_length is not None and length + offset > max_length:
+            left_out["too_long"] += 1
+        else:
+            by_offset.setdefault(offset, []).append((i, j))
+    if not by_offset:
+        raise ValueError(f"split {split!r}: no usable prompt pair among {len(candidates)} candidates (left out: "
+                         f"{dict(left_out)}); expected two statements whose answers differ at some token and are "
+                         "not valid answers of each other's prompt")
+    offset = max(by_offset, key=lambda k: (len(by_offset[k]), -k))
+    keep = by_offset[offset]
+    left_out["other_length"] = sum(len(v) for k, v in by_offset.items() if k != offset)
     if max_pairs is not None and len(keep) > max_pairs:
         keep = sorted(rng.sample(keep, max_pairs))
-    if not keep:
-        raise ValueError(f"split {split!r}: every candidate pair has answers with the same first token")
     ci = torch.tensor([i for i, _ in keep])
     cj = torch.tensor([j for _, j in keep])
-    labels = position_labels(tokens[ci], tokens[cj], tokenizer)
+    fed = encoded.tokens[ci, length:length + offset]  # the common first answer tokens, the same in both
+    clean = torch.cat([encoded.tokens[ci, :length], fed], dim=1)
+    corrupted = torch.cat([encoded.tokens[cj, :length], fed], dim=1)
     return PromptPairs(
-        clean=tokens[ci], corrupted=tokens[cj], clean_answer=answers[ci], corrupted_answer=answers[cj],
-        labels=labels, statements=tuple(statements[i] for i in ci.tolist()),
-        corrupted_statements=tuple(statements[j] for j in cj.tolist()), split=split,
+        clean=clean, corrupted=corrupted, clean_answer=torch.tensor([answers[i][offset] for i, _ in keep]),
+        corrupted_answer=torch.tensor([answers[j][offset] for _, j in keep]),
+        labels=position_labels(clean, corrupted, tokenizer, offset), statements=tuple(statements[i] for i, _ in keep),
+        corrupted_statements=tuple(statements[j] for _, j in keep), split=split, answer_offset=offset,
+        left_out={reason: n for reason, n in sorted(left_out.items()) if n},
     )
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many first tokens the token sequences ``a`` and ``b`` share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n

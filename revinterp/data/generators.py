@@ -7,6 +7,15 @@
 - :func:`chain_experiment`: ``x -> y``, ``y -> z`` and the composed ``x ~> z`` with a held-out
   fraction of the composed facts (transitivity).
 
+Shapes of real fact sets (issue 18), with readable multi-word names:
+
+- :func:`celebrity_like`: families of a mother, a father and several children, as in the celebrity child-parent
+  pairs of Berglund et al. (2023), "The Reversal Curse": one-to-many relations (a parent's children, a child's two
+  parents) and a set fraction of children who carry their father's surname (a lexical shortcut,
+  :mod:`revinterp.analysis.overlap`);
+- :func:`description_like`: ``name described_as the ...`` facts whose answers are descriptions of several words
+  that all start with one word, as in the fictitious "name is description" facts of the same paper.
+
 Controls for *embedding starvation*, which has two sides. In the seed setup the subject of a held-out
 question never appears as an input in training, so its embedding gets no gradient (input side), and its
 answer is never a training target, so its unembedding is only ever pushed down (answer side).
@@ -433,3 +442,191 @@ def chain_experiment(
         composed_held_out_fraction=composed_held_out_fraction, seed=seed,
     )
     return FactSet(relations=relations, statements=tuple(statements), source=source)
+
+
+GIVEN_NAMES = {
+    "female": ("Ada", "Alma", "Bette", "Clara", "Dora", "Edith", "Elsa", "Flora", "Greta", "Hazel", "Ida", "Irene",
+               "June", "Lena", "Lydia", "Mabel", "Maud", "Nell", "Nora", "Olive", "Pearl", "Rosa", "Ruth", "Stella",
+               "Thea", "Vera", "Viola", "Wanda", "Yara", "Zelda", "Agnes", "Beryl"),
+    "male": ("Abel", "Amos", "Boris", "Cyril", "Dean", "Emil", "Felix", "Gus", "Hugo", "Ivan", "Jasper", "Karl",
+             "Leon", "Milo", "Ned", "Otto", "Percy", "Quinn", "Rex", "Silas", "Theo", "Ugo", "Victor", "Walt",
+             "Xavier", "Yuri", "Zane", "Arlo", "Bruno", "Cecil", "Dexter", "Ezra"),
+}
+"""Given names by gender (disjoint from :data:`SURNAMES`, so a child and a parent share a token only through a
+surname)."""
+SURNAMES = ("Abbott", "Baker", "Carver", "Dalton", "Ellis", "Fairley", "Garrett", "Hale", "Ingram", "Jarvis",
+            "Keller", "Lowry", "Marsh", "Nolan", "Oakley", "Pryor", "Quigley", "Rowe", "Sutton", "Thorne", "Upton",
+            "Vance", "Whitlock", "Yates", "Ashby", "Brennan", "Crowley", "Drummond", "Everett", "Fenwick", "Gallo",
+            "Hargrove", "Ives", "Jennings", "Kimball", "Lang", "Mercer", "Norwood", "Osborne", "Pike", "Radley",
+            "Sloane", "Tillman", "Vickers", "Winslow", "York", "Ziegler", "Boone")
+PARENT_RELATIONS = {
+    "parent": (("parent_of", "child_of"),),
+    "mother_father": (("mother_of", "has_mother"), ("father_of", "has_father")),
+}
+"""The relations of :func:`celebrity_like` by name: ``parent`` relates each parent to each child through
+``parent_of`` (several children) and its inverse ``child_of`` (two parents: a many-to-many relation);
+``mother_father`` labels the parent, ``mother_of`` / ``father_of`` (several children, one-to-many) with inverses
+``has_mother`` / ``has_father`` (one answer)."""
+DESCRIPTION_WORDS = (
+    "first", "last", "quiet", "famous", "young", "old", "lonely", "brave", "secret", "silent", "golden", "hidden",
+    "composer", "director", "painter", "sailor", "author", "keeper", "founder", "dancer", "pilot", "baker",
+    "of", "from", "behind", "beyond", "harbour", "archive", "lighthouse", "opera", "valley", "museum", "orchard",
+    "river", "tower", "island", "garden", "library", "bridge", "forest",
+)
+"""The words descriptions of :func:`description_like` are drawn from (after their first word)."""
+
+
+class _PersonNames:
+    """Distinct full names ``Given Surname``; a name already taken gets a middle given name (``Given Middle
+    Surname``), so the pool grows from 32 x 48 to 32 x 32 x 48 names per gender."""
+
+    def __init__(self, rng: random.Random):
+        self.rng, self.taken = rng, set()
+
+    def draw(self, gender: str, surname: str, avoid: set[str] = frozenset()) -> str:
+        given = [g for g in GIVEN_NAMES[gender] if g not in avoid]
+        for middle in (False, True):
+            for _ in range(200):
+                words = [self.rng.choice(given), *([self.rng.choice(given)] if middle else []), surname]
+                name = " ".join(words)
+                if name not in self.taken and len(set(words)) == len(words):
+                    self.taken.add(name)
+                    return name
+        raise ValueError(f"no free name with the surname {surname!r} is left; use fewer families")
+
+
+def celebrity_like(
+    n_families: int = 40,
+    *,
+    children_per_parent: int = 2,
+    shared_surname_fraction: float = 0.7,
+    relations: str = "parent",
+    both_fraction: float = 0.7,
+    held_out_direction: str = "random",
+    seed: int = 0,
+) -> FactSet:
+    """Child-parent facts shaped like the celebrity pairs of Berglund et al. (2023): multi-word names, two parents
+    per child, several children per parent, and children who share their father's surname.
+
+    Each family is a mother and a father with different surnames and ``children_per_parent`` children. A random
+    ``round(shared_surname_fraction * n_children)`` of the children carry the father's surname; the others a
+    surname neither parent has. A child's given names differ from its parents', and given names and surnames are
+    disjoint, so a child and a parent share a token exactly when the child carries the father's surname (recorded,
+    sorted, in ``source["shared_surname_children"]``). Every person is in one family.
+
+    Facts relate each parent to each child, through :data:`PARENT_RELATIONS` ``[relations]``, and are split as
+    :func:`revinterp.data.split_facts` does (the facts of one family share questions, so they are split together:
+    no held-out question has a trained answer).
+
+    Args:
+        n_families: number of families (2 facts per child).
+        children_per_parent: children of each couple (the answers of ``parent_of``, ``mother_of``, ``father_of``).
+        shared_surname_fraction: fraction of the children who carry their father's surname.
+        relations: ``"parent"`` or ``"mother_father"`` (:data:`PARENT_RELATIONS`).
+        both_fraction: as :func:`revinterp.data.split_facts` (per family).
+        held_out_direction: as :func:`revinterp.data.split_facts`.
+        seed: every random choice follows from it.
+
+    Example:
+        >>> facts = celebrity_like(3, children_per_parent=2, seed=0)
+        >>> child = next(s for s in facts.statements if s.relation == "child_of")
+        >>> len(facts.answers(child.subject, "child_of"))     # a mother and a father
+        2
+    """
+    check_count("n_families", n_families, 1)
+    check_count("children_per_parent", children_per_parent, 1)
+    check_fraction("shared_surname_fraction", shared_surname_fraction)
+    check_choice("relations", relations, tuple(PARENT_RELATIONS))
+    check_fraction("both_fraction", both_fraction)
+    check_choice("held_out_direction", held_out_direction, HELD_OUT_DIRECTIONS)
+    check_seed(seed)
+    rng = random.Random(seed)
+    names = _PersonNames(rng)
+    n_children = n_families * children_per_parent
+    shared = set(rng.sample(range(n_children), round(shared_surname_fraction * n_children)))
+    (mother_rel, mother_inv), (father_rel, father_inv) = (PARENT_RELATIONS[relations] * 2)[:2]
+    facts, shared_children = [], []
+    for f in range(n_families):
+        mother_surname, father_surname = rng.sample(SURNAMES, 2)
+        mother, father = names.draw("female", mother_surname), names.draw("male", father_surname)
+        parent_given = set(mother.split()[:-1]) | set(father.split()[:-1])
+        for c in range(children_per_parent):
+            if f * children_per_parent + c in shared:
+                surname = father_surname
+            else:
+                surname = rng.choice([s for s in SURNAMES if s not in (mother_surname, father_surname)])
+            child = names.draw(rng.choice(("female", "male")), surname, avoid=parent_given)
+            if surname == father_surname:
+                shared_children.append(child)
+            facts += [(mother, mother_rel, child), (father, father_rel, child)]
+    pairs = {mother_rel: mother_inv, father_rel: father_inv}
+    declared = check_relations(
+        r for fwd, inv in pairs.items() for r in (Relation(fwd, inv, SYMBOLIC_TEMPLATE % fwd),
+                                                  Relation(inv, fwd, SYMBOLIC_TEMPLATE % inv))
+    )
+    statements = split_facts(facts, declared, both_fraction=both_fraction, held_out_direction=held_out_direction,
+                             seed=rng.randrange(2**31))
+    source = dict(
+        generator="celebrity_like", n_families=n_families, children_per_parent=children_per_parent,
+        shared_surname_fraction=shared_surname_fraction, relations=relations, both_fraction=both_fraction,
+        held_out_direction=held_out_direction, seed=seed, shared_surname_children=sorted(shared_children),
+    )
+    return FactSet(relations=declared, statements=statements, source=source)
+
+
+def description_like(
+    n_names: int = 40,
+    *,
+    min_words: int = 3,
+    max_words: int = 8,
+    first_word: str = "the",
+    both_fraction: float = 0.7,
+    held_out_direction: str = "random",
+    seed: int = 0,
+) -> FactSet:
+    """``name described_as description`` facts (inverse ``describes``) whose answers are descriptions of
+    ``min_words`` to ``max_words`` words that all start with ``first_word``, like the fictitious "name is
+    description" facts of Berglund et al. (2023), where every description starts with "the".
+
+    Names are distinct ``Given Surname`` pairs; descriptions are distinct, their words after the first drawn from
+    :data:`DESCRIPTION_WORDS`, and none is the start of another (so two answers always differ at some token).
+    Facts are split as :func:`revinterp.data.split_facts` does.
+
+    Example:
+        >>> facts = description_like(4, seed=0)
+        >>> {s.object.split()[0] for s in facts.statements if s.relation == "described_as"}
+        {'the'}
+    """
+    check_count("n_names", n_names, 2)
+    check_count("min_words", min_words, 2)
+    check_count("max_words", max_words, min_words)
+    problem = relation_name_problem(first_word)
+    if problem or first_word in DESCRIPTION_WORDS:
+        raise ValueError(f"first_word={first_word!r} {problem or 'is one of the description words'}; expected one "
+                         "word without braces or spaces that is not in DESCRIPTION_WORDS")
+    check_fraction("both_fraction", both_fraction)
+    check_choice("held_out_direction", held_out_direction, HELD_OUT_DIRECTIONS)
+    check_seed(seed)
+    rng = random.Random(seed)
+    people = _PersonNames(rng)
+    names = [people.draw(rng.choice(("female", "male")), rng.choice(SURNAMES)) for _ in range(n_names)]
+    descriptions: list[str] = []
+    for _ in range(1000 * n_names):
+        if len(descriptions) == n_names:
+            break
+        words = [first_word, *rng.choices(DESCRIPTION_WORDS, k=rng.randint(min_words, max_words) - 1)]
+        text = " ".join(words)
+        if not any(d == text or d.startswith(text + " ") or text.startswith(d + " ") for d in descriptions):
+            descriptions.append(text)
+    else:
+        raise ValueError(f"could not draw {n_names} distinct descriptions of {min_words} to {max_words} words; "
+                         "allow longer descriptions")
+    declared = check_relations([Relation("described_as", "describes", SYMBOLIC_TEMPLATE % "described_as"),
+                                Relation("describes", "described_as", SYMBOLIC_TEMPLATE % "describes")])
+    facts = [(name, "described_as", d) for name, d in zip(names, descriptions)]
+    statements = split_facts(facts, declared, both_fraction=both_fraction, held_out_direction=held_out_direction,
+                             seed=rng.randrange(2**31))
+    source = dict(generator="description_like", n_names=n_names, min_words=min_words, max_words=max_words,
+                  first_word=first_word, both_fraction=both_fraction, held_out_direction=held_out_direction,
+                  seed=seed)
+    return FactSet(relations=declared, statements=statements, source=source)
