@@ -24,7 +24,9 @@ from revinterp.data.facts import (
 )
 from revinterp.data.generators import (
     STARVATION_CELLS,
+    celebrity_like,
     chain_experiment,
+    description_like,
     knowledge_graph,
     leaking_statements,
     seed_experiment,
@@ -40,7 +42,8 @@ __all__ = [
     "CHAIN_COMPOSED_HELD_OUT", "CHAIN_COMPOSED_SEEN", "CHAIN_FIRST_HOP", "CHAIN_SECOND_HOP",
     "FORWARD_HELD_OUT", "FORWARD_ONLY", "FORWARD_SEEN", "HELD_OUT_DIRECTIONS", "REVERSE_HELD_OUT",
     "REVERSE_ONLY", "REVERSE_SEEN", "SPLITS", "EncodedStatements", "FactFileError", "FactSet",
-    "Relation", "Statement", "UnknownWordError", "build_tokenizer", "chain_experiment",
+    "Relation", "Statement", "UnknownWordError", "build_tokenizer", "celebrity_like", "chain_experiment",
+    "description_like",
     "encode_statements", "load_fact_file", "load_tokenizer", "save_tokenizer", "seed_experiment",
     "split_facts", "STARVATION_CELLS", "leaking_statements", "starvation_cell", "with_answer_feeding",
 ]
