@@ -13,43 +13,61 @@ Clopper-Pearson interval, the mean rank against chance (M + 1) / 2, and the accu
 only (the candidates that are answers of held-out questions: the trained answers, pulled up in training, cannot
 outrank them there). The starvation report (``revinterp.analysis.starvation``) says which side is starved per cell.
 Over seeds: every seed's value, the mean with Student's t interval and the pooled count k of n with its
-Clopper-Pearson interval.
+Clopper-Pearson interval. Every run is analysed by the pipeline (:func:`revinterp.pipeline.analyze`, as Ray tasks),
+and its verdict (:mod:`revinterp.analysis.verdict`) says per run whether a reverse path exists and which causes
+the evidence supports; a cell's verdict is the seeds' common one, else "inconclusive".
 """
 
 from __future__ import annotations
 
-import torch
+from collections import Counter
+from pathlib import Path
+
 from common import Study, parser, table
 
 from revinterp.analysis.starvation import starvation_report
-from revinterp.data import STARVATION_CELLS, encode_statements, seed_experiment, starvation_cell
-from revinterp.data.tokenizer import encode_words
-from revinterp.evaluation import evaluate
-from revinterp.models import load_run
+from revinterp.analysis.verdict import proportion_finding
+from revinterp.data import STARVATION_CELLS, seed_experiment, starvation_cell
+from revinterp.results import ResultsError, load_results
 from revinterp.stats import clopper_pearson, t_interval
 
 SPLIT = "reverse_held_out"
 CELL_LABELS = {"none": "neither fed (seed)", "subject": "subject fed", "answer": "answer fed", "both": "both fed"}
 
 
-@torch.no_grad()
-def held_out_answer_accuracy(model, facts, tokenizer) -> tuple[torch.Tensor, int]:
-    """Per held-out reverse question: is its answer ranked first among the held-out answers only? And how many
-    such candidates there are (chance 1 / that). Single-token entities: one forward of the prompts."""
-    statements = facts.split(SPLIT)
-    answers = sorted({s.object for s in statements})
-    ids = [encode_words(tokenizer, a.split()) for a in answers]
-    if any(len(i) != 1 for i in ids):
-        raise ValueError("held_out_answer_accuracy expects single-token answers")
-    ids = torch.tensor([i[0] for i in ids])
-    encoded = encode_statements(facts, statements, tokenizer)
-    device = next(model.parameters()).device
-    logits = model(encoded.tokens.to(device))
-    last = (encoded.prompt_lengths - 1).to(device)
-    scores = logits[torch.arange(len(statements), device=device), last][:, ids.to(device)].cpu()
-    target = torch.tensor([answers.index(s.object) for s in statements])
-    answer_score = scores.gather(1, target[:, None])[:, 0]
-    return (scores > answer_score[:, None]).sum(-1) == 0, len(answers)
+def analyze_all(run_dirs: list[Path]) -> None:
+    """Every analysis stage (:func:`revinterp.pipeline.analyze`) of the runs not analysed yet, one Ray task each
+    (one CPU and one torch thread per task, on the cluster :meth:`Study.train_all` connected to)."""
+    import ray
+
+    def analysed(run_dir: Path) -> bool:
+        try:
+            load_results(run_dir)
+        except ResultsError:
+            return False
+        return True
+
+    @ray.remote(num_cpus=1)
+    def task(run_dir: str) -> str:
+        import torch
+
+        from revinterp.pipeline import analyze
+
+        torch.set_num_threads(1)
+        analyze(run_dir, device="cpu", progress=False)
+        return run_dir
+
+    ray.get([task.remote(str(d)) for d in run_dirs if not analysed(d)])
+
+
+def cell_verdict(rows: list[dict]) -> str:
+    """The verdicts of a cell's seeds: the common one, or how many seeds said what."""
+    said = Counter((r["verdict"]["reverse_path"], ", ".join(r["verdict"]["causes"]) or "none") for r in rows)
+    if len(said) == 1:
+        (path, causes), = said
+        return f"reverse path {path} in every seed; causes supported: {causes}"
+    return "inconclusive: the seeds disagree (" + "; ".join(f"{n} seed(s): path {p}, causes {c}"
+                                                             for (p, c), n in said.most_common()) + ")"
 
 
 def proportion(k: int, n: int) -> dict:
@@ -84,34 +102,41 @@ def main() -> None:
     study = Study("starvation_2x2", "Starvation 2x2: subject fed or not, answer fed or not", args)
     n_pairs = args.n_pairs or study.size(200, 40)
 
-    per_seed: dict[str, list[dict]] = {c: [] for c in args.cells}
-    for cell in args.cells:
+    grid = [(cell, seed) for cell in args.cells for seed in study.seeds]
+    specs = []
+    for cell, seed in grid:
         feed_subject, feed_answer = STARVATION_CELLS[cell]
-        for seed in study.seeds:
-            facts = starvation_cell(seed_experiment(n_pairs, held_out_direction="forward", seed=seed),
-                                    feed_subject=feed_subject, feed_answer=feed_answer, n_values=8, seed=seed)
-            run_dir = study.train(f"{cell}-seed{seed}", facts, seed)
-            run = load_run(run_dir)
-            b = evaluate(run.model, run.facts, [SPLIT])[SPLIT]
-            k, n = int(b.correct.sum()), b.n
-            m = int(b.n_candidates[0])
-            among, n_answers = held_out_answer_accuracy(run.model, run.facts, run.tokenizer)
-            report = starvation_report(run)
-            means = report.role_means()
-            per_seed[cell].append(dict(
-                seed=seed, run=study.run_log[-1], n_candidates=m, accuracy=proportion(k, n),
-                mean_rank=b.rank.double().mean().item(), chance_mean_rank=(m + 1) / 2,
-                held_out_answer_candidates=n_answers,
-                accuracy_among_held_out_answers=proportion(int(among.sum()), len(among)),
-                n_input_starved=len(report.input_starved), n_answer_starved=len(report.answer_starved),
-                starvation={role: means[role] for role in ("held_out_subject", "held_out_answer", "trained_subject",
-                                                           "trained_answer") if role in means},
-            ))
-            if seed == study.seeds[0]:
-                study.figure(report.plot(), f"starvation_{cell}_seed{seed}",
-                             f"Cell '{CELL_LABELS[cell]}', seed {seed}: per role, how far the input embeddings and "
-                             "unembeddings moved from step 0, and the pull (as a target) and push (as a non-target) "
-                             "parts of the unembedding gradient, summed over checkpoints.")
+        facts = starvation_cell(seed_experiment(n_pairs, held_out_direction="forward", seed=seed),
+                                feed_subject=feed_subject, feed_answer=feed_answer, n_values=8, seed=seed)
+        specs.append(study.spec(f"{cell}-seed{seed}", facts, seed))
+    run_dirs = study.train_all(specs)
+    analyze_all(run_dirs)  # every analysis stage of every run, as Ray tasks; the verdict is one of them
+
+    per_seed: dict[str, list[dict]] = {c: [] for c in args.cells}
+    for (cell, seed), run_dir, log in zip(grid, run_dirs, study.run_log[-len(grid):]):
+        _, stages = load_results(run_dir)
+        b = stages["behaviour"].numbers["splits"][SPLIT]
+        among = b["held_out_answers"]
+        found = stages["verdict"].numbers["verdict"]
+        k, n, m = round(b["accuracy"] * b["n"]), b["n"], b["n_candidates"]
+        report = starvation_report(run_dir)
+        means = report.role_means()
+        per_seed[cell].append(dict(
+            seed=seed, run=log, n_candidates=m, accuracy=proportion(k, n), chance_accuracy=b["chance_accuracy"],
+            mean_rank=b["mean_rank"], chance_mean_rank=b["chance_mean_rank"], tests=b["tests"],
+            held_out_answer_candidates=among["n_candidates"],
+            accuracy_among_held_out_answers=proportion(round(among["accuracy"] * n), n),
+            among_above_chance_p=among["accuracy_above_chance_p"],
+            n_input_starved=len(report.input_starved), n_answer_starved=len(report.answer_starved),
+            starvation={role: means[role] for role in ("held_out_subject", "held_out_answer", "trained_subject",
+                                                       "trained_answer") if role in means},
+            seen_accuracy=stages["behaviour"].numbers["splits"]["reverse_seen"]["accuracy"], verdict=found,
+        ))
+        if seed == study.seeds[0]:
+            study.figure(report.plot(), f"starvation_{cell}_seed{seed}",
+                         f"Cell '{CELL_LABELS[cell]}', seed {seed}: per role, how far the input embeddings and "
+                         "unembeddings moved from step 0, and the pull (as a target) and push (as a non-target) "
+                         "parts of the unembedding gradient, summed over checkpoints.")
 
     aggregates = {}
     for cell, rows in per_seed.items():
@@ -132,7 +157,17 @@ def main() -> None:
             input_starved=[r["n_input_starved"] for r in rows], answer_starved=[r["n_answer_starved"] for r in rows],
             n_held_out=[r["accuracy"]["n"] for r in rows],
             all_fitted=all(r["run"]["fitted"] for r in rows), steps=[r["run"]["steps"] for r in rows],
+            verdicts=[{k: r["verdict"][k] for k in ("reverse_path", "causes", "input_side", "answer_side")}
+                      for r in rows],
+            verdict=cell_verdict(rows),
         )
+        # the behaviour line on the pooled questions (its positive control: every seed's seen reverse above chance)
+        control = all(r["verdict"]["lines"][0]["control"] == "pass" for r in rows)
+        pooled = aggregates[cell]["accuracy_pooled"]
+        finding, evidence = proportion_finding(pooled["k"], pooled["n"], aggregates[cell]["chance_accuracy"],
+                                               sum(r["seen_accuracy"] for r in rows) / len(rows))
+        aggregates[cell]["pooled_behaviour"] = {"finding": finding if control else "inconclusive",
+                                                "evidence": evidence, "control": "pass" if control else "fail"}
 
     rows = []
     for a in aggregates.values():
@@ -163,24 +198,25 @@ def main() -> None:
                           "part of the gradient from being a target; 0 = only ever pushed down):", ""]
     results_table += table(["cell", "held-out subject sum|gW_E|", "held-out answer pull"], pulls)
 
+    results_table += ["", "Verdict per run (revinterp.analysis.verdict: each line of evidence with its positive "
+                          "control on seen reverse pairs; a failed control does not vote) and per cell:", ""]
+    results_table += table(
+        ["cell", *[f"seed {r['seed']}" for r in next(iter(per_seed.values()))], "pooled behaviour", "cell verdict"],
+        [[CELL_LABELS[c], *[f"{r['verdict']['reverse_path']} ({', '.join(r['verdict']['causes']) or 'none'}; votes: "
+                            + (", ".join(line["name"] for line in r["verdict"]["lines"] if line["votes"]) or "none")
+                            + ")"
+                            for r in rs],
+          aggregates[c]["pooled_behaviour"]["finding"], aggregates[c]["verdict"]] for c, rs in per_seed.items()])
+
     findings = []
     for a in aggregates.values():
-        acc, chance = a["accuracy_pooled"], a["chance_accuracy"]
-        side = ("above" if acc["ci_low"] > chance else "below" if acc["ci_high"] < chance else "indistinguishable from")
         findings.append(
             f"{a['label']}: {sum(a['input_starved'])} of {sum(a['n_held_out'])} held-out questions input-starved, "
-            f"{sum(a['answer_starved'])} answer-starved; held-out reverse accuracy pooled {pct(acc)} is {side} "
-            f"chance {100 * chance:.2f} %; among the held-out answers only {pct(a['among_held_out_answers_pooled'])} "
-            f"(chance {100 * a['chance_among_held_out_answers']:.1f} %); all runs fitted: {a['all_fitted']}.")
-    if "both" in aggregates:
-        b = aggregates["both"]
-        high = b["accuracy_pooled"]["ci_high"]
-        findings.append(
-            f"In the cell where both sides are fed the held-out reverse accuracy is at most {100 * high:.1f} % at 95 % "
-            "confidence (pooled Clopper-Pearson upper bound): "
-            + ("it is not above chance, so starvation alone does not explain the failure: with both embeddings "
-               "trained the reverse still does not form." if b["accuracy_pooled"]["ci_low"] <= b["chance_accuracy"]
-               else "it is above chance there, so starvation is at least part of the cause of the failure."))
+            f"{sum(a['answer_starved'])} answer-starved; held-out reverse accuracy pooled {pct(a['accuracy_pooled'])} "
+            f"(behaviour line on the pooled questions: {a['pooled_behaviour']['finding']}: "
+            f"{a['pooled_behaviour']['evidence']}); among the held-out answers only "
+            f"{pct(a['among_held_out_answers_pooled'])} (chance {100 * a['chance_among_held_out_answers']:.1f} %); "
+            f"all runs fitted: {a['all_fitted']}; verdict: {a['verdict']}.")
     config = dict(generator="starvation_cell(seed_experiment)", n_pairs=n_pairs, both_fraction=0.7,
                   held_out_direction="forward", n_values=8, cells=args.cells,
                   model=study.model_config(0), training=study.training_config(0))
