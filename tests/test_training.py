@@ -90,3 +90,44 @@ def test_sequence_loss_trains_too(tmp_path):
     result = train(facts, MODEL_PRESETS["tiny"], small_config(loss="sequence"), tmp_path / "r", progress=False,
                    device="cpu")
     assert result.history[-1]["loss"] < result.history[1]["loss"]
+
+
+@pytest.mark.parametrize("variant", [{}, {"positional_embedding_type": "rotary", "normalization_type": "RMS"},
+                                     {"attn_only": True, "normalization_type": None}])
+def test_plain_model_trains_bit_identical_weights_to_the_bridge(variant):
+    """train() steps through plain_model (no hook points, the bridge's own tensors); the reference steps through the
+    bridge itself with the per-tensor AdamW loop. Forwards and weights after 8 steps must be bit-identical."""
+    from revinterp.data import encode_statements
+    from revinterp.models import build_model, config_for_data, tokenizer_for
+    from revinterp.training import batch_loss, plain_model
+
+    facts = seed_experiment(12, seed=3)
+    tokenizer = tokenizer_for(facts)
+    config = config_for_data(replace(MODEL_PRESETS["tiny"], **variant), facts, tokenizer)
+    data = encode_statements(facts, facts.train, tokenizer)
+    weights = {}
+    for path in ("bridge", "plain"):
+        bridge = build_model(config, tokenizer, "cpu")
+        bridge.train()
+        stepped = plain_model(bridge) if path == "plain" else bridge
+        assert stepped is not bridge or path == "bridge"
+        if path == "plain":
+            assert torch.equal(stepped(data.tokens), bridge(data.tokens))
+        optimizer = torch.optim.AdamW(bridge.parameters(), lr=0.01, foreach=path == "plain")
+        for step in range(8):
+            loss = batch_loss(stepped, data.select(torch.arange(step % 3, len(data), 3)), "answer")
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        weights[path] = bridge.state_dict()
+    assert weights["bridge"].keys() == weights["plain"].keys()
+    assert all(torch.equal(weights["bridge"][k], weights["plain"][k]) for k in weights["bridge"])
+    assert any(not torch.equal(weights["bridge"][k], v) for k, v in build_model(config, tokenizer, "cpu")
+               .state_dict().items())  # the steps moved the weights
+
+
+def test_training_record_states_device_and_threads(tiny_run_dir):
+    import json
+
+    record = json.loads((tiny_run_dir / "training.json").read_text())
+    assert record["environment"] == {"device": "cpu", "torch_threads": torch.get_num_threads()}
