@@ -92,3 +92,92 @@ def test_held_out_answers_rank_among_the_splits_own_answers(tiny_run):
     assert set(tests) == {"accuracy_above_chance_p", "rank_below_chance_p", "logprob_below_chance_p"}
     assert all(0 <= p <= 1 for p in tests.values())
     assert "held_out_answers" not in behaviour["forward_seen"].metrics()  # trained splits: all candidates only
+
+
+FAMILIES = "".join(  # two parents per child, two children per parent, names of two or three words
+    f"{mother},parent_of,{child},child_of\n{father},parent_of,{child},child_of\n"
+    for f in range(6)
+    for mother, father in [(f"Ma{f} Mo{f}", f"Pa{f} van Po{f}")]
+    for child in (f"Kid{f} Mo{f}", f"Tot{f} del Po{f}")
+)
+
+
+def families(tmp_path, seed=0):
+    from revinterp.data import load_fact_file
+
+    path = tmp_path / "families.csv"
+    path.write_text("subject,relation,object,inverse\n" + FAMILIES)
+    return load_fact_file(path, both_fraction=0.5, held_out_direction="forward", seed=seed)
+
+
+class PlantedRecall(torch.nn.Module):
+    """Logits of 10 at the next token of every sequence in ``answers`` (a prefix of token ids -> the answer's
+    ids), 0 elsewhere: a model that recalls the planted answer of each prompt, token by token."""
+
+    def __init__(self, d_vocab, answers: dict[tuple[int, ...], list[int]]):
+        super().__init__()
+        self.d_vocab, self.bias = d_vocab, torch.nn.Parameter(torch.zeros(()))
+        self.next = {(*prompt, *answer[:k]): answer[k] for prompt, answer in answers.items() for k in range(len(answer))}
+
+    def forward(self, tokens):
+        logits = torch.zeros(*tokens.shape, self.d_vocab) + self.bias
+        for r, row in enumerate(tokens.tolist()):
+            for p in range(len(row)):
+                if (nxt := self.next.get(tuple(row[:p + 1]))) is not None:
+                    logits[r, p, nxt] = 10.0
+        return logits
+
+
+def test_either_parent_counts_as_correct(tmp_path):
+    from revinterp.data.tokenizer import encode_words
+    from revinterp.models import tokenizer_for
+
+    facts = families(tmp_path)
+    tok = tokenizer_for(facts)
+    held = facts.split("reverse_held_out")
+    assert held and all(len(facts.answers(s.subject, s.relation)) == 2 for s in held)
+    # plant the father (the name with 'van') for every child: the mother's statement is answered by a valid answer
+    father = {s.subject: s.object for s in held if " van " in s.object}
+    prompt = lambda s: (tok.bos_token_id, *encode_words(tok, facts.prompt_words(s)))  # noqa: E731
+    model = PlantedRecall(len(tok), {prompt(s): encode_words(tok, father[s.subject].split()) for s in held})
+    sb = evaluate(model, facts, ["reverse_held_out"], tokenizer=tok)["reverse_held_out"]
+    m = len(facts.candidates("child_of"))
+    assert sb.correct.all() and (sb.rank == 1).all() and (sb.n_valid == 2).all()
+    mothers = torch.tensor([" van " not in s.object for s in sb.statements])
+    assert mothers.any() and not sb.vocab_correct[mothers].any()  # the mother's own tokens are not the arg max
+    metrics = sb.metrics()
+    assert math.isclose(metrics["chance_accuracy"], 2 / m) and math.isclose(metrics["chance_mean_rank"], (m + 1) / 3)
+    assert math.isclose(metrics["uniform_logprob_candidates"], -math.log(m / 2))
+    assert metrics["max_valid_answers"] == 2
+    # among the held-out answers (every parent of a held-out child) the planted father still wins
+    assert metrics["held_out_answers"]["accuracy"] == 1.0
+    assert metrics["tests"]["accuracy_above_chance_p"] < 1e-6
+
+
+def test_length_fair_ranking_and_chunks_match_the_teacher_forced_reference(tmp_path):
+    from revinterp.models import MODEL_PRESETS, build_model, config_for_data, tokenizer_for
+
+    torch.manual_seed(0)
+    facts = families(tmp_path)
+    tok = tokenizer_for(facts)
+    model = build_model(config_for_data(MODEL_PRESETS["tiny"], facts, tok), tok, device="cpu").eval()
+    splits = ["reverse_held_out"]
+    whole = evaluate(model, facts, splits, tokenizer=tok)
+    chunked = evaluate(model, facts, splits, tokenizer=tok, rows=17)  # chunks that cut through a statement's rows
+    for name in splits:
+        sb, sc = whole[name], chunked[name]
+        for field in ("correct", "rank", "logprob", "logprob_candidates", "vocab_correct", "n_valid"):
+            assert torch.allclose(getattr(sb, field).double(), getattr(sc, field).double(), rtol=0, atol=1e-6), field
+        assert torch.equal(sb.length_fair.rank, sc.length_fair.rank)
+        for i, s in enumerate(sb.statements):
+            candidates = facts.candidates(s.relation)
+            scores = teacher_forced_candidate_scores(model, facts, s, candidates, tok).double()
+            lengths = torch.tensor([len(c.split()) for c in candidates], dtype=torch.double)
+            valid = torch.tensor([c in facts.answers(s.subject, s.relation) for c in candidates])
+            for kind, score in (("sum", scores), ("length_fair", scores / lengths)):
+                best = score[valid].max()
+                rank = int(1 + (score[~valid] > best).sum())
+                assert (sb.rank if kind == "sum" else sb.length_fair.rank)[i] == rank, (kind, s)
+            assert math.isclose(float(sb.logprob_candidates[i]),
+                                float(scores[valid].logsumexp(0) - scores.logsumexp(0)), abs_tol=1e-5)
+    assert whole["reverse_held_out"].metrics()["length_fair"]["score"] == "mean_token_logprob"
