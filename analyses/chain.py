@@ -50,15 +50,15 @@ def main() -> None:
     n_chains = args.n_chains or study.size(200, 40)
 
     per_seed, behaviours = [], []
-    for seed in study.seeds:
-        facts = chain_experiment(n_chains, composed_held_out_fraction=args.held_out_fraction, seed=seed)
-        run_dir = study.train(f"chain-seed{seed}", facts, seed)
+    run_dirs = study.train_all([study.spec(f"chain-seed{seed}", chain_experiment(
+        n_chains, composed_held_out_fraction=args.held_out_fraction, seed=seed), seed) for seed in study.seeds])
+    for seed, run_dir, log in zip(study.seeds, run_dirs, study.run_log):
         run = load_run(run_dir)
         behaviour = evaluate(run.model, run.facts)
         behaviours.append(behaviour)
         weights = effective_weights(run.model, run.facts, path="end_to_end")
         probes = probe_answer_identity(run.model, run.facts, direction="composed", tokenizer=run.tokenizer)
-        per_seed.append(dict(seed=seed, run=study.run_log[-1], splits=behaviour.to_dict()["splits"],
+        per_seed.append(dict(seed=seed, run=log, splits=behaviour.to_dict()["splits"],
                              effective_weight_effect={s: weights.estimate(s) for s in weights.splits},
                              patching=intervention_record(compare_splits(run.model, run.facts, (SEEN, HELD_OUT),
                                                                          tokenizer=run.tokenizer)),

@@ -54,12 +54,13 @@ def main() -> None:
     n_pairs = args.n_pairs or study.size(200, 40)
 
     per_seed = []
-    for seed in study.seeds:
-        facts = seed_experiment(n_pairs, seed=seed)
-        run = load_run(study.train(f"seed{seed}", facts, seed))
+    run_dirs = study.train_all([study.spec(f"seed{seed}", seed_experiment(n_pairs, seed=seed), seed)
+                                for seed in study.seeds])
+    for seed, run_dir, log in zip(study.seeds, run_dirs, study.run_log):
+        run = load_run(run_dir)
         pairs = make_prompt_pairs(run.facts, SPLIT, run.tokenizer).to(next(run.model.parameters()).device)
         circuit = find_circuit(run.model, pairs, max_edges=MAX_EDGES, target=TARGET, seed=seed)
-        record = dict(seed=seed, run=study.run_log[-1], circuit=circuit.to_numbers(),
+        record = dict(seed=seed, run=log, circuit=circuit.to_numbers(),
                       recovered_at_max_edges=circuit.recovered("corrupted").mean,
                       recovered_at_max_edges_mean_replacement=circuit.recovered("mean").mean,
                       edges_for_target=len(circuit.target_edges) or None,

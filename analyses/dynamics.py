@@ -59,9 +59,9 @@ def main() -> None:
     n_pairs = args.n_pairs or study.size(200, 40)
 
     per_seed = []
-    for seed in study.seeds:
-        facts = seed_experiment(n_pairs, seed=seed)
-        run_dir = study.train(f"seed{seed}", facts, seed)
+    run_dirs = study.train_all([study.spec(f"seed{seed}", seed_experiment(n_pairs, seed=seed), seed)
+                                for seed in study.seeds])
+    for seed, run_dir, log in zip(study.seeds, run_dirs, study.run_log):
         run = load_run(run_dir)
         accuracy = behaviour_dynamics(run_dir, "accuracy")
         probability = behaviour_dynamics(run_dir, "probability")
@@ -72,7 +72,7 @@ def main() -> None:
         ov = effective_weights_over_training(run_dir, path="ov", heads=[(layer, index)])
         gradients = gradient_step_effects_over_training(run_dir, splits=["forward_seen", "forward_only"])
         record = dict(
-            seed=seed, run=study.run_log[-1], eval_steps=accuracy.steps, checkpoint_steps=end_to_end.steps,
+            seed=seed, run=log, eval_steps=accuracy.steps, checkpoint_steps=end_to_end.steps,
             accuracy={k: v.tolist() for k, v in accuracy.values.items()},
             probability={k: v.tolist() for k, v in probability.values.items()},
             end_to_end=weight_curves(end_to_end), main_head=head, ov=weight_curves(ov),

@@ -73,14 +73,14 @@ def main() -> None:
     n_pairs = args.n_pairs or study.size(200, 40)
 
     per_seed = []
-    for seed in study.seeds:
-        facts = seed_experiment(n_pairs, seed=seed)
-        run_dir = study.train(f"seed{seed}", facts, seed)
+    run_dirs = study.train_all([study.spec(f"seed{seed}", seed_experiment(n_pairs, seed=seed), seed)
+                                for seed in study.seeds])
+    for seed, run_dir, log in zip(study.seeds, run_dirs, study.run_log):
         run = load_run(run_dir)
         pairs = make_prompt_pairs(run.facts, SPLIT, run.tokenizer, seed=PAIR_SEED_OFFSET + seed)
         pairs = pairs.to(next(run.model.parameters()).device)
         partner = {a.subject: b.subject for a, b in zip(pairs.statements, pairs.corrupted_statements)}
-        record = dict(seed=seed, run=study.run_log[-1], n_prompt_pairs=len(pairs), labels=pairs.labels,
+        record = dict(seed=seed, run=log, n_prompt_pairs=len(pairs), labels=pairs.labels,
                       pairing_is_involution=all(partner.get(partner[k]) == k for k in partner))
         sweeps = {direction: patch_sweeps(run.model, pairs, SWEEP_COMPONENTS, direction=direction)
                   for direction in PATCH_DIRECTIONS}

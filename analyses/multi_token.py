@@ -35,13 +35,16 @@ def main() -> None:
 
     per_seed: dict[str, list[dict]] = {}
     aggregates: dict[str, dict] = {}
+    runs = [(k, seed) for k in args.tokens for seed in study.seeds]
+    run_dirs = dict(zip(runs, study.train_all([study.spec(f"k{k}-seed{seed}", seed_experiment(
+        n_pairs, tokens_per_entity=k, seed=seed), seed) for k, seed in runs])))
+    run_logs = dict(zip(runs, study.run_log))
     for k in args.tokens:
         key = f"k={k}"
         per_seed[key], behaviours = [], []
         for seed in study.seeds:
-            facts = seed_experiment(n_pairs, tokens_per_entity=k, seed=seed)
-            run_dir = study.train(f"k{k}-seed{seed}", facts, seed)
-            run = load_run(run_dir)
+            run = load_run(run_dirs[k, seed])
+            facts = run.facts
             behaviour = evaluate(run.model, run.facts)
             behaviours.append(behaviour)
             counts = token_input_counts(run.facts, run.tokenizer)
@@ -49,7 +52,7 @@ def main() -> None:
             subject_inputs = [min(int(counts[t]) for t in encode_words(run.tokenizer, s.subject.split()))
                               for s in held_out]
             per_seed[key].append(dict(
-                seed=seed, run=study.run_log[-1], splits=behaviour.to_dict()["splits"],
+                seed=seed, run=run_logs[k, seed], splits=behaviour.to_dict()["splits"],
                 alphabet_size=facts.source["alphabet_size"], n_held_out=len(held_out),
                 n_starved=len(starved_questions(run.facts, run.tokenizer)),
                 held_out_subject_min_token_inputs=sum(subject_inputs) / len(subject_inputs),

@@ -138,14 +138,13 @@ def main() -> None:
     # 3. the trained transformer ----------------------------------------------------------------
     n_pairs = args.n_pairs or study.size(200, 40)
     transformer_per_seed, dynamics = [], []
-    for seed in seeds:
-        facts = seed_experiment(n_pairs, seed=seed)
-        run_dir = study.train(f"seed{seed}", facts, seed)
+    run_dirs = study.train_all([study.spec(f"seed{seed}", seed_experiment(n_pairs, seed=seed), seed) for seed in seeds])
+    for seed, run_dir, log in zip(seeds, run_dirs, study.run_log):
         dyn = effective_weights_over_training(run_dir, path="end_to_end")
         dynamics.append(dyn)
         statements = dyn.results[0].statements
         change = dyn.change_from_initial()
-        record = dict(seed=seed, run=study.run_log[-1], steps=dyn.steps, splits={})
+        record = dict(seed=seed, run=log, steps=dyn.steps, splits={})
         for split in dyn.results[0].splits:
             rows = [k for k, s in enumerate(statements) if s.split == split]
             record["splits"][split] = dict(
