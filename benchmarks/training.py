@@ -17,17 +17,26 @@ Measures, in one process, on one device:
 
    Each model gets ``--warmup`` untimed steps, then ``--repeats`` timed runs of ``--steps`` steps,
    alternating bridge and plain; the figure is the median run (the best run is reported too: on a shared
-   machine, other processes' load lowers some runs). ``torch.set_num_threads`` is left at its default.
+   machine, other processes' load lowers some runs). Everything runs on one torch thread (``--threads``).
 
 2. **Time to fit** the ``default`` preset end to end: ``revinterp.training.train(facts,
    MODEL_PRESETS["default"], TRAINING_PRESETS["default"], <temp dir>, progress=False)``, including model
-   boot, periodic evaluation and checkpoint writes. Reports wall seconds, the steps to the stop and
+   boot, periodic evaluation and checkpoint writes. Reports CPU and wall seconds, the steps to the stop and
    whether the run was fitted.
+
+3. With ``--against-seed-recipe``: time to fit against the seed paper's recipe
+   (:mod:`revinterp.baselines.seed_recipe`: HF-GPT-2-like model at 2 layers, d 128, 4 heads, lr 0.01, batch 64,
+   its loop, re-implemented in plain PyTorch; its docstring names what differs), on the same facts, alternating
+   the two ``--fit-repeats`` times in this process; the figure is the median CPU seconds of each and their ratio
+   (goal <= 0.5). Both fits run in a warm process: the one-time imports are measured apart, each in a fresh
+   interpreter (``transformer_lens.model_bridge``, which revinterp's model needs, against
+   ``transformers.models.gpt2.modeling_gpt2``, which the seed code imports), and reported beside the ratio.
 
 Run from the repository root (venv active)::
 
     python benchmarks/training.py                      # device: revinterp.models.default_device()
     python benchmarks/training.py --device cpu --repeats 7 --steps 100 --json bench.json
+    python benchmarks/training.py --against-seed-recipe --fit-repeats 3 --json bench.json
 
 ``--json PATH`` also writes every figure, with the machine (torch and TransformerLens versions, threads,
 device), as one JSON object.
@@ -41,6 +50,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -210,17 +220,61 @@ def measure_fit(device: torch.device) -> dict:
     facts = seed_experiment(N_PAIRS)
     with tempfile.TemporaryDirectory(prefix="revinterp-bench-") as tmp:
         synchronize(device)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         result = train(facts, MODEL_PRESETS[PRESET], TRAINING_PRESETS[PRESET], Path(tmp) / "run",
                        device=device, progress=False)
         synchronize(device)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
     return {
         "fit_seconds": seconds,
+        "fit_cpu_seconds": cpu,
         "fit_steps": result.steps,
         "fitted": result.fitted,
         "fit_max_steps": TRAINING_PRESETS[PRESET].max_steps,
         "fit_steps_per_s": result.steps / seconds,
+    }
+
+
+def import_cpu_seconds(module: str) -> float:
+    """CPU seconds of ``import module`` in a fresh interpreter (less the bare interpreter's start-up)."""
+    def cpu(code: str) -> float:
+        out = subprocess.run([sys.executable, "-c", f"import time\n{code}\nprint(time.process_time())"],
+                             check=True, capture_output=True, text=True).stdout
+        return float(out.split()[-1])
+
+    return cpu(f"import {module}") - cpu("pass")
+
+
+def measure_against_seed_recipe(device: torch.device, repeats: int) -> dict:
+    from revinterp.baselines.seed_recipe import SeedRecipe, train_seed_recipe
+
+    recipe = SeedRecipe()
+    if (recipe.n_layers, recipe.d_model, recipe.n_heads) != (MODEL_PRESETS[PRESET].n_layers,
+                                                              MODEL_PRESETS[PRESET].d_model,
+                                                              MODEL_PRESETS[PRESET].n_heads):
+        raise RuntimeError("the seed recipe and the preset must have the same architecture")
+    runs = {"revinterp": [], "seed_recipe": []}
+    for _ in range(repeats):
+        runs["revinterp"].append(measure_fit(device))
+        seed = train_seed_recipe(seed_experiment(N_PAIRS), recipe, device=device)
+        runs["seed_recipe"].append({"fit_cpu_seconds": seed.cpu_seconds, "fit_seconds": seed.wall_seconds,
+                                    "fit_steps": seed.steps, "fit_epochs": seed.epochs, "fitted": seed.fitted})
+    cpu = {name: statistics.median(r["fit_cpu_seconds"] for r in rs) for name, rs in runs.items()}
+    imports = {"revinterp": import_cpu_seconds("transformer_lens.model_bridge"),
+               "seed_recipe": import_cpu_seconds("transformers.models.gpt2.modeling_gpt2")}
+    return {
+        "seed_recipe": {"n_layers": recipe.n_layers, "d_model": recipe.d_model, "n_heads": recipe.n_heads,
+                        "lr": recipe.lr, "batch_size": recipe.batch_size, "dropout": recipe.dropout},
+        "fit_runs": runs,
+        "fit_cpu_seconds_median": cpu,
+        "fit_steps": {name: [r["fit_steps"] for r in rs] for name, rs in runs.items()},
+        "ms_cpu_per_step": {name: 1000 * cpu[name] / statistics.median(r["fit_steps"] for r in rs)
+                            for name, rs in runs.items()},
+        "time_to_fit_ratio": cpu["revinterp"] / cpu["seed_recipe"],
+        "import_cpu_seconds": imports,
+        "time_to_fit_ratio_with_imports": (cpu["revinterp"] + imports["revinterp"])
+        / (cpu["seed_recipe"] + imports["seed_recipe"]),
+        "fit_repeats": repeats,
     }
 
 
@@ -230,10 +284,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=100, help="training steps per timed run")
     parser.add_argument("--warmup", type=int, default=30, help="untimed steps per model before timing")
     parser.add_argument("--device", help="torch device (default: revinterp.models.default_device())")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    parser.add_argument("--against-seed-recipe", action="store_true",
+                        help="also time the fit against the seed paper's recipe re-implemented in plain PyTorch")
+    parser.add_argument("--fit-repeats", type=int, default=3, help="fits of each with --against-seed-recipe")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures to PATH as JSON")
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.steps < 1 or args.warmup < 0:
-        parser.error("--repeats and --steps must be positive, --warmup non-negative")
+    if args.repeats < 1 or args.steps < 1 or args.warmup < 0 or args.threads < 1 or args.fit_repeats < 1:
+        parser.error("--repeats, --steps, --threads and --fit-repeats must be positive, --warmup non-negative")
+    torch.set_num_threads(args.threads)
     device = torch.device(args.device) if args.device else default_device()
 
     figures = {"preset": PRESET, "n_pairs": N_PAIRS, **machine(device)}
@@ -258,10 +317,23 @@ def main(argv: list[str] | None = None) -> int:
     figures.update(measure_fit(device))
     figures["load_average_1min_at_end"] = load_average()
     print(f"\nfit: train(seed_experiment({N_PAIRS}), MODEL_PRESETS[{PRESET!r}], TRAINING_PRESETS[{PRESET!r}])")
-    print(f"  {figures['fit_seconds']:.1f} s wall, {figures['fit_steps']} of {figures['fit_max_steps']} steps "
+    print(f"  {figures['fit_seconds']:.1f} s wall, {figures['fit_cpu_seconds']:.1f} s CPU, "
+          f"{figures['fit_steps']} of {figures['fit_max_steps']} steps "
           f"({figures['fit_steps_per_s']:.1f} steps/s with evaluation and checkpoints), "
           f"fitted: {figures['fitted']}")
     print(f"  load average at the end: {figures['load_average_1min_at_end']} (this benchmark included)")
+
+    if args.against_seed_recipe:
+        seed = measure_against_seed_recipe(device, args.fit_repeats)
+        figures["against_seed_recipe"] = seed
+        cpu, steps, per_step = seed["fit_cpu_seconds_median"], seed["fit_steps"], seed["ms_cpu_per_step"]
+        print(f"\ntime to fit against the seed recipe (revinterp.baselines.seed_recipe), median of "
+              f"{args.fit_repeats} alternating fits, warm process:")
+        for name in ("revinterp", "seed_recipe"):
+            print(f"  {name:<12} {cpu[name]:6.2f} s CPU   steps {steps[name]}   {per_step[name]:.1f} ms CPU/step   "
+                  f"one-time import {seed['import_cpu_seconds'][name]:.2f} s CPU")
+        print(f"  ratio revinterp / seed recipe: {seed['time_to_fit_ratio']:.2f} (goal <= 0.5); with each one's "
+              f"imports: {seed['time_to_fit_ratio_with_imports']:.2f}")
 
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
