@@ -125,3 +125,30 @@ def test_over_training_of_a_loaded_run_matches_its_directory_and_leaves_its_mode
     after = tiny_run.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert all(p.grad is None for p in tiny_run.model.parameters())
+
+
+@pytest.mark.parametrize("metric", ["logit", "logprob"])
+def test_batched_gradients_equal_the_per_example_autograd_loop(tiny_run, metric):
+    """The vmap/jacrev changes against one autograd backward per scalar and example (the definition)."""
+    from revinterp.analysis.gradients import _answer_metric, _flat_grad, counterpart_pairs
+
+    model, facts = tiny_run.model, tiny_run.facts
+    effects = gradient_step_effects(model, facts, splits=["forward_only", "reverse_seen"], lr=0.01, metric=metric)
+    pairs = counterpart_pairs(facts, ["forward_only", "reverse_seen"])
+    encoded = encode_statements(facts, [s for pair in pairs for s in pair], tiny_run.tokenizer)
+    params = [p for p in model.parameters() if p.requires_grad]
+    own, counterpart, cosine, losses = [], [], [], []
+    for k in range(len(pairs)):
+        rows = encoded.select(torch.tensor([2 * k, 2 * k + 1]))
+        loss = batch_loss(model, rows.select(torch.tensor([0])), "answer")
+        f_own, f_counterpart = _answer_metric(model, rows, metric)
+        g_loss, g_own, g_rev = (_flat_grad(v, params) for v in (loss, f_own, f_counterpart))
+        losses.append(loss.item())
+        own.append(-0.01 * torch.dot(g_own, g_loss).item())
+        counterpart.append(-0.01 * torch.dot(g_rev, g_loss).item())
+        cosine.append(-(torch.dot(g_rev, g_loss) / (g_rev.norm() * g_loss.norm())).item())
+    for got, expected in ((effects.loss, losses), (effects.own_change, own),
+                          (effects.counterpart_change, counterpart), (effects.cosine, cosine)):
+        expected = torch.tensor(expected, dtype=torch.float64)
+        assert torch.allclose(got, expected, rtol=1e-4, atol=1e-9 + 1e-5 * expected.abs().max().item())
+    assert all(p.grad is None for p in model.parameters())

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
@@ -40,7 +41,7 @@ from revinterp.data import SPLITS, FactSet, Statement, encode_statements
 from revinterp.evaluation import model_device
 from revinterp.models import LoadedRun, unpack_run
 from revinterp.stats import Estimate, bootstrap_ci, error_bars
-from revinterp.training import batch_loss
+from revinterp.training import batch_loss, plain_model
 
 GRADIENT_METRICS = ("logit", "centered_logit", "logprob")
 """The quantities ``f`` whose change is measured (see the module docstring)."""
@@ -236,27 +237,21 @@ def gradient_step_effects(
     if not params:
         raise ValueError("the model has no parameter with requires_grad=True; expected a trainable model")
     encoded = encode_statements(facts, [s for pair in pairs for s in pair], tokenizer).to(device)
-    values = {name: [] for name in ("loss", "own", "counterpart", "cosine", "actual_own", "actual_counterpart")}
+    values = {name: [] for name in ("actual_own", "actual_counterpart")}
     try:
-        for k in range(len(pairs)):
-            rows = encoded.select(torch.tensor([2 * k, 2 * k + 1], device=device))
-            loss = batch_loss(analysed, rows.select(torch.tensor([0], device=device)), "answer")
-            f_own, f_counterpart = _answer_metric(analysed, rows, metric)
-            grad_loss = _flat_grad(loss, params)
-            grad_own = _flat_grad(f_own, params)
-            grad_counterpart = _flat_grad(f_counterpart, params)
-            values["loss"].append(loss.item())
-            values["own"].append(-lr * torch.dot(grad_own, grad_loss).item())
-            along = torch.dot(grad_counterpart, grad_loss)
-            values["counterpart"].append(-lr * along.item())
-            values["cosine"].append(-(along / (grad_counterpart.norm() * grad_loss.norm()).clamp(min=1e-30)).item())
-            if actual:
+        first_order = _first_order_changes(analysed, encoded, metric, lr)
+        if actual:
+            for k in range(len(pairs)):
+                rows = encoded.select(torch.tensor([2 * k, 2 * k + 1], device=device))
+                loss = batch_loss(analysed, rows.select(torch.tensor([0], device=device)), "answer")
+                f_own, f_counterpart = _answer_metric(analysed, rows, metric)
                 before = torch.stack([f_own, f_counterpart]).detach()
-                after = _after_sgd_step(analysed, params, grad_loss, lr, rows, metric)
+                after = _after_sgd_step(analysed, params, _flat_grad(loss, params), lr, rows, metric)
                 values["actual_own"].append((after[0] - before[0]).item())
                 values["actual_counterpart"].append((after[1] - before[1]).item())
     finally:
         analysed.train(was_training)
+    values.update(first_order)
 
     def as_tensor(name: str) -> Tensor | None:
         return torch.tensor(values[name], dtype=torch.float64) if values[name] else None
@@ -382,6 +377,53 @@ def _answer_metric(model, rows, metric: str) -> tuple[Float[Tensor, ""], Float[T
         last = last.log_softmax(-1)
     values = last[batch, answer]
     return values[0], values[1]
+
+
+EXAMPLES_PER_CHUNK = 16
+"""Examples whose three gradients (loss, own f, counterpart f) are held at once by :func:`_first_order_changes`."""
+
+
+def _first_order_changes(model, encoded, metric: str, lr: float) -> dict[str, list[float]]:
+    """Per (statement, counterpart) row pair of ``encoded``: the loss, ``-lr <grad f_own, grad L>``,
+    ``-lr <grad f_rev, grad L>`` and the cosine of ``grad f_rev`` with ``-grad L``.
+
+    The three gradients of every example come from ``torch.func``: ``vmap`` over the examples of a chunk of
+    ``jacrev`` of ``(L, f_own, f_rev)`` through the hook-free plain model (:func:`revinterp.training.plain_model`,
+    the model's own parameters). Equal to one autograd backward per scalar and example (tested).
+    """
+    from torch.func import functional_call, jacrev, vmap
+
+    plain = plain_model(model)
+    params = {name: p.detach() for name, p in plain.named_parameters() if p.requires_grad}
+    tokens = encoded.tokens.view(-1, 2, encoded.tokens.shape[1])
+    last = (encoded.prompt_lengths - 1).view(-1, 2)
+    own_mask = encoded.answer_mask.view(-1, 2, encoded.tokens.shape[1])[:, 0, 1:].to(torch.float32)
+
+    def scalars(weights, rows, last_positions, mask):
+        logits = functional_call(plain, weights, (rows,))
+        own_ce = F.cross_entropy(logits[0, :-1], rows[0, 1:], reduction="none")
+        loss = (own_ce * mask).sum() / mask.sum()
+        answer_logits = logits.gather(1, last_positions[:, None, None].expand(2, 1, logits.shape[-1]))[:, 0]
+        if metric == "centered_logit":
+            answer_logits = answer_logits - answer_logits.mean(-1, keepdim=True)
+        elif metric == "logprob":
+            answer_logits = answer_logits.log_softmax(-1)
+        answers = rows.gather(1, (last_positions + 1)[:, None])
+        f = answer_logits.gather(1, answers)[:, 0]
+        return torch.stack([loss, f[0], f[1]]), loss
+
+    grads = vmap(jacrev(scalars, has_aux=True), in_dims=(None, 0, 0, 0))
+    out = {"loss": [], "own": [], "counterpart": [], "cosine": []}
+    for start in range(0, len(tokens), EXAMPLES_PER_CHUNK):
+        chunk = slice(start, start + EXAMPLES_PER_CHUNK)
+        jacobians, loss = grads(params, tokens[chunk], last[chunk], own_mask[chunk])
+        dots = sum(torch.einsum("es...,et...->est", j, j) for j in jacobians.values())  # [example, 3, 3] Gram
+        along = dots[:, 2, 0]
+        out["loss"] += loss.tolist()
+        out["own"] += (-lr * dots[:, 1, 0]).tolist()
+        out["counterpart"] += (-lr * along).tolist()
+        out["cosine"] += (-(along / (dots[:, 2, 2].sqrt() * dots[:, 0, 0].sqrt()).clamp(min=1e-30))).tolist()
+    return out
 
 
 def _flat_grad(value: Float[Tensor, ""], params: list[Tensor]) -> Float[Tensor, " param"]:
