@@ -24,7 +24,8 @@ high enough for zero hits to say something. ``tests`` holds one-sided tests agai
 (:func:`revinterp.chance.chance_tests`).
 
 Per-example values are kept; accuracies come with exact binomial (Clopper-Pearson) intervals, other split means
-with bootstrap intervals (:mod:`revinterp.stats`). Candidates are scored in chunks whose logits hold at most
+with bootstrap intervals over examples (:mod:`revinterp.stats`); over seeds (:func:`over_seeds`) every seed's value
+with their mean and Student's t interval. Candidates are scored in chunks whose logits hold at most
 :data:`LOGIT_ELEMENTS` numbers, so memory is O(chunk x context x vocabulary), never all statements at once.
 
 :func:`evaluate` refuses a model whose weights or outputs are not finite
@@ -46,7 +47,7 @@ from revinterp.chance import chance_tests
 from revinterp.data import SPLITS, EncodedStatements, FactSet, Statement, encode_statements
 from revinterp.data.tokenizer import encode_words
 from revinterp.models import check_finite, check_finite_output, unpack_run
-from revinterp.stats import Estimate, bootstrap_ci, clopper_pearson, format_fixed
+from revinterp.stats import Estimate, bootstrap_ci, clopper_pearson, format_fixed, t_interval
 
 ROWS_PER_BATCH = 4096
 """Most token rows in one forward."""
@@ -85,6 +86,11 @@ class CandidateRanking:
     def tests(self) -> dict:
         return chance_tests(self.correct, self.rank, self.logprob_candidates, self.n_candidates, self.n_valid)
 
+    def select(self, index: Int[Tensor, " k"]) -> CandidateRanking:
+        lp = None if self.logprob_candidates is None else self.logprob_candidates[index]
+        return CandidateRanking(self.correct[index], self.rank[index], self.n_candidates[index], self.n_valid[index],
+                                lp)
+
     def metrics(self) -> dict:
         """Accuracy with its interval, mean rank, their chance levels and the one-sided tests, as plain numbers."""
         acc, tests = self.accuracy, self.tests()
@@ -107,6 +113,10 @@ class SplitBehaviour:
     ``correct``, ``rank``, ``logprob_candidates``, ``n_candidates`` and ``n_valid`` rank the summed score among all
     candidates; ``length_fair`` ranks the mean per-token score among them; ``held_out_answers`` (untrained splits
     only) ranks the summed score among the split's own answers.
+
+    The statements of one question (``Kid child_of Mom`` and ``Kid child_of Dad``) share their prompt and valid
+    answers, so they rank alike and are one observation: the ranking figures, their intervals and the tests are
+    over distinct questions (:attr:`question_rows`; as many as statements with one answer per question).
     """
 
     split: str
@@ -132,9 +142,18 @@ class SplitBehaviour:
         return SPLITS[self.split]
 
     @property
+    def question_rows(self) -> Int[Tensor, " q"]:
+        """The first statement of each distinct question ``(subject, relation)``, in statement order."""
+        first: dict[tuple[str, str], int] = {}
+        for i, s in enumerate(self.statements):
+            first.setdefault((s.subject, s.relation), i)
+        return torch.tensor(sorted(first.values()), dtype=torch.long)
+
+    @property
     def ranking(self) -> CandidateRanking:
-        """The summed score's ranking among all candidates."""
-        return CandidateRanking(self.correct, self.rank, self.n_candidates, self.n_valid, self.logprob_candidates)
+        """The summed score's ranking among all candidates, one row per distinct question."""
+        return CandidateRanking(self.correct, self.rank, self.n_candidates, self.n_valid,
+                                self.logprob_candidates).select(self.question_rows)
 
     @property
     def accuracy(self) -> Estimate:
@@ -152,12 +171,13 @@ class SplitBehaviour:
 
     def metrics(self) -> dict:
         """Split means and baselines as plain numbers (the JSON of ``revinterp eval --json``)."""
-        ranking = self.ranking
-        acc, lp, lpc = ranking.accuracy, bootstrap_ci(self.logprob), bootstrap_ci(self.logprob_candidates)
-        rank = bootstrap_ci(self.rank.double())
-        m, k = self.n_candidates.double(), self.n_valid.double()
+        ranking, questions = self.ranking, self.question_rows
+        acc, lp, lpc = ranking.accuracy, bootstrap_ci(self.logprob), bootstrap_ci(ranking.logprob_candidates)
+        rank = bootstrap_ci(ranking.rank.double())
+        m, k = ranking.n_candidates.double(), ranking.n_valid.double()
         out = {
             "n": self.n,
+            "n_questions": len(questions),
             "trained": self.trained,
             "score": "sum",
             "accuracy": acc.mean,
@@ -178,11 +198,12 @@ class SplitBehaviour:
             "n_candidates": int(self.n_candidates.max()),
             "max_valid_answers": int(self.n_valid.max()),
             "tests": ranking.tests(),
-            "length_fair": {"score": "mean_token_logprob", **self.length_fair.metrics(),
-                            "rank_below_chance_p": self.length_fair.tests()["rank_below_chance_p"]},
         }
+        fair = self.length_fair.select(questions)
+        out["length_fair"] = {"score": "mean_token_logprob", **fair.metrics(),
+                              "rank_below_chance_p": fair.tests()["rank_below_chance_p"]}
         if self.held_out_answers is not None:
-            out["held_out_answers"] = self.held_out_answers.metrics()
+            out["held_out_answers"] = self.held_out_answers.select(questions).metrics()
         return out
 
 
@@ -263,21 +284,64 @@ class Behaviour:
         return fig
 
 
-def over_seeds(behaviours: Sequence[Behaviour], metrics: Sequence[str] = ("accuracy", "mean_rank", "logprob_candidates")
-               ) -> dict[str, dict[str, Estimate]]:
-    """Split means across runs with different seeds, each with a bootstrap interval over seeds.
+@dataclass(frozen=True)
+class SeedSummary(Estimate):
+    """One split metric over runs with different seeds: every seed's value (``values``) and their mean with
+    Student's t 95 % interval over seeds (:func:`revinterp.stats.t_interval`; a percentile bootstrap over a handful
+    of seeds under-covers). With one seed, or a non-finite value, the interval is undefined (NaN; ``None`` in
+    :meth:`to_dict`)."""
 
-    Every run contributes one number per split and metric (its split mean), so the interval says how
-    much the result moves from seed to seed, not from example to example.
+    values: tuple[float, ...] = ()
+    method: str = "student_t_over_seeds"
+
+    def __str__(self) -> str:
+        return f"{self.mean:.3g} [{self.low:.3g}, {self.high:.3g}] (t over {self.n} seeds)"
+
+    def to_dict(self) -> dict:
+        finite = lambda x: x if math.isfinite(x) else None  # noqa: E731
+        return {"mean": finite(self.mean), "ci_low": finite(self.low), "ci_high": finite(self.high), "n": self.n,
+                "values": [finite(v) for v in self.values], "method": self.method}
+
+
+def over_seeds(behaviours: Sequence[Behaviour], metrics: Sequence[str] = ("accuracy", "mean_rank", "logprob_candidates")
+               ) -> dict[str, dict[str, SeedSummary]]:
+    """Split means across runs with different seeds: per split and metric, every seed's value and their mean with
+    Student's t interval over seeds (:class:`SeedSummary`).
+
+    Every run contributes one number per split and metric (its split mean), so the interval says how much the
+    result moves from seed to seed, not from example to example. A metric is a key of
+    :meth:`SplitBehaviour.metrics` or a dotted path into it (``"held_out_answers.accuracy"``); a split lacking it
+    (``held_out_answers`` of a trained split) leaves it out.
     """
     if not behaviours:
         raise ValueError("over_seeds needs at least one run's behaviour")
     splits = [name for name in behaviours[0].splits if all(name in b.splits for b in behaviours)]
-    return {
-        split: {m: bootstrap_ci([b[split].metrics()[m] for b in behaviours]) for m in metrics}
-        for split in splits
-    }
+    out: dict[str, dict[str, SeedSummary]] = {}
+    for split in splits:
+        numbers = [b[split].metrics() for b in behaviours]
+        out[split] = {}
+        for metric in metrics:
+            values = [_metric(m, metric) for m in numbers]
+            if any(v is None for v in values):
+                continue
+            mean = sum(values) / len(values)
+            if len(values) >= 2 and all(math.isfinite(v) for v in values):
+                interval = t_interval(values)
+                low, high = interval.low, interval.high
+            else:
+                low = high = math.nan
+            out[split][metric] = SeedSummary(mean, low, high, len(values), values=tuple(values))
+    return out
 
+
+def _metric(numbers: dict, path: str) -> float | None:
+    """``numbers[path]`` for a dotted path into a split's metrics, or None where it is absent."""
+    value = numbers
+    for key in path.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return float(value)
 
 
 def model_device(model) -> torch.device:

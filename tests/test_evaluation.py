@@ -8,7 +8,7 @@ import torch
 
 from revinterp.data import Statement, encode_statements
 from revinterp.evaluation import answer_scores, evaluate
-from revinterp.stats import bootstrap_ci
+from revinterp.stats import bootstrap_ci, clopper_pearson
 
 
 def teacher_forced_candidate_scores(model, facts, statement, candidates, tok):
@@ -151,7 +151,11 @@ def test_either_parent_counts_as_correct(tmp_path):
     assert metrics["max_valid_answers"] == 2
     # among the held-out answers (every parent of a held-out child) the planted father still wins
     assert metrics["held_out_answers"]["accuracy"] == 1.0
-    assert metrics["tests"]["accuracy_above_chance_p"] < 1e-6
+    # the two statements of a child are one question: the exact test is over the held-out children
+    n_children = len({s.subject for s in held})
+    assert metrics["n_questions"] == n_children == len(held) // 2
+    assert math.isclose(metrics["tests"]["accuracy_above_chance_p"], (2 / m) ** n_children)
+    assert metrics["accuracy_ci"] == [clopper_pearson(n_children, n_children).low, 1.0]
 
 
 def test_length_fair_ranking_and_chunks_match_the_teacher_forced_reference(tmp_path):
@@ -181,3 +185,25 @@ def test_length_fair_ranking_and_chunks_match_the_teacher_forced_reference(tmp_p
             assert math.isclose(float(sb.logprob_candidates[i]),
                                 float(scores[valid].logsumexp(0) - scores.logsumexp(0)), abs_tol=1e-5)
     assert whole["reverse_held_out"].metrics()["length_fair"]["score"] == "mean_token_logprob"
+
+
+def test_over_seeds_gives_every_seed_and_a_t_interval(tiny_run):
+    from dataclasses import replace
+
+    from scipy.stats import t
+
+    from revinterp.evaluation import Behaviour, over_seeds
+
+    sb = evaluate(tiny_run.model, tiny_run.facts, ["reverse_held_out"])["reverse_held_out"]
+    hits = [torch.arange(sb.n) < k for k in (0, 2, 3)]  # three "seeds" with 0, 2 and 3 hits planted
+    behaviours = [Behaviour({"reverse_held_out": replace(sb, correct=h)}) for h in hits]
+    summary = over_seeds(behaviours, ["accuracy", "held_out_answers.n_candidates"])["reverse_held_out"]
+    acc = summary["accuracy"]
+    values = [k / sb.n for k in (0, 2, 3)]
+    assert acc.values == tuple(values) and acc.n == 3 and acc.method == "student_t_over_seeds"
+    low, high = t.interval(0.95, 2, loc=sum(values) / 3, scale=torch.tensor(values, dtype=torch.float64).std().item() / 3 ** 0.5)
+    assert math.isclose(acc.low, low) and math.isclose(acc.high, high)
+    assert acc.to_dict()["values"] == values and acc.to_dict()["method"] == "student_t_over_seeds"
+    assert summary["held_out_answers.n_candidates"].low == summary["held_out_answers.n_candidates"].mean  # sd 0
+    one = over_seeds(behaviours[:1], ["accuracy"])["reverse_held_out"]["accuracy"]
+    assert math.isnan(one.low) and one.to_dict()["ci_low"] is None  # one seed: no interval
