@@ -9,9 +9,9 @@ default preset) x ``seed_experiment(N, held_out_direction="forward")`` with N = 
 one-way fact trained forward, its reverse held out: 0.3 N held-out reverse questions). Each cell trains until every
 trained split is fitted (accuracy 100 % and mean p(answer) >= 0.99) or its step budget (:data:`STEP_BUDGET`, by N)
 is spent. Seeds per cell follow its cost, the FLOP upper bound of its step budget
-(:data:`revinterp.sweep.COST_METHOD`, from the booted model's parameter count): :data:`SEED_TIERS` gives how many
-of ``--seeds`` a cell of that cost gets, zero (not run) above the last tier. All runs are Ray tasks through
-``Study.train_all`` (shared run store, both cores).
+(:data:`revinterp.sweep.COST_METHOD`, from the booted model's parameter count): :data:`SEED_TIERS` (``--tiers``)
+gives how many of ``--seeds`` a cell of that cost gets, zero (not run) above the last tier. All runs are Ray tasks
+through ``Study.train_all`` (shared run store, both cores).
 
 Per cell and seed: steps to fit (or not fitted), held-out reverse accuracy among all M candidates (k of n with its
 exact Clopper-Pearson interval; pooled over seeds too) and among the held-out answers only
@@ -27,6 +27,7 @@ facts exceed it in every layer once N > d_model. Over seeds: every seed's value,
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import itertools
 
@@ -49,7 +50,7 @@ QUICK_LAYERS, QUICK_D_MODELS, QUICK_N_PAIRS = (1, 2), (20, 64), (30, 60)
 N_HEADS = 4
 STEP_BUDGET = {200: 2000, 1000: 3000, 5000: 5000}
 EVAL_EVERY = {200: 50, 1000: 100, 5000: 250}  # one evaluation of every statement per this many steps
-SEED_TIERS = ((2_000, 5), (10_000, 3), (30_000, 1))
+SEED_TIERS = ((1_500, 5), (3_000, 3), (8_000, 1))
 """(GFLOP upper bound of the step budget, seeds): a cell costing at most the first number gets that many seeds."""
 SPLIT, FORWARD = "reverse_held_out", "forward_seen"
 TARGET = 0.8
@@ -80,8 +81,17 @@ def model_config(n_layers: int, d_model: int, seed: int):
                                d_mlp=4 * d_model, seed=seed)
 
 
-def seeds_for(gflop: float, seeds: tuple[int, ...]) -> tuple[int, ...]:
-    for limit, n in SEED_TIERS:
+def seed_tier(text: str) -> tuple[float, int]:
+    """``GFLOP:SEEDS`` (e.g. ``10000:3``) as ``(10000.0, 3)``."""
+    limit, sep, n = text.partition(":")
+    try:
+        return float(limit), int(n)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seed tier {text!r}: expected GFLOP:SEEDS, e.g. 10000:3") from None
+
+
+def seeds_for(gflop: float, seeds: tuple[int, ...], tiers) -> tuple[int, ...]:
+    for limit, n in tiers:
         if gflop <= limit:
             return seeds[:n]
     return ()
@@ -147,7 +157,11 @@ def analyse(run_dir, max_pairs: int, seed: int) -> dict:
 def main() -> None:
     p = parser("capacity", __doc__.splitlines()[0])
     p.add_argument("--max-pairs", type=int, default=100, help="forward prompt pairs for DLA and localize")
+    p.add_argument("--tiers", type=seed_tier, nargs="+", default=list(SEED_TIERS), metavar="GFLOP:SEEDS",
+                   help="seeds per cell by the GFLOP upper bound of its step budget, in increasing order (default "
+                        + " ".join(f"{g}:{n}" for g, n in SEED_TIERS) + "); a costlier cell is not run")
     args = p.parse_args()
+    tiers = sorted(args.tiers)
     study = Study("capacity", "Capacity: the curse across depth, width and number of facts, and what carries the "
                               "forward fact past the OV rank", args)
     layers, d_models, sizes = ((QUICK_LAYERS, QUICK_D_MODELS, QUICK_N_PAIRS) if study.quick
@@ -165,7 +179,7 @@ def main() -> None:
         cell = dict(n_pairs=n_pairs, n_layers=n_layers, d_model=d_model, n_heads=N_HEADS, d_head=d_model // N_HEADS,
                     ov_rank_per_layer=N_HEADS * (d_model // N_HEADS), ov_rank_total=n_layers * d_model,
                     parameters=params, step_budget=training.max_steps, eval_every=training.eval_every,
-                    gflop_upper_bound=gflop, seeds=list(seeds_for(gflop, study.seeds)))
+                    gflop_upper_bound=gflop, seeds=list(seeds_for(gflop, study.seeds, tiers)))
         plan.append(cell)
         for seed in cell["seeds"]:
             specs.append(study.spec(f"N{n_pairs}-L{n_layers}-d{d_model}-seed{seed}",
@@ -300,8 +314,9 @@ def main() -> None:
         f"{sum(c['localize_mlp_sites'] for c in below_rank)}.",
     ]
     notes = [
-        f"Seeds per cell by the FLOP upper bound of its step budget: tiers {list(SEED_TIERS)} (GFLOP, seeds), chosen "
-        "so that the whole grid trains in about an hour on this shared 2-core machine.",
+        f"Seeds per cell by the FLOP upper bound of its step budget: tiers {[list(t) for t in tiers]} (GFLOP, "
+        "seeds), chosen so that the study trains in about an hour on this 2-core machine shared with other work; "
+        "the bound is of the whole budget, so early-stopped cells cost less than it says.",
         "Cells with fewer than every seed: " + (", ".join(f"{c['label']} ({len(c['seeds'])}: "
                                                           f"{c['gflop_upper_bound']:,.0f} GFLOP)" for c in fewer)
                                                  or "none") + ".",
@@ -317,10 +332,12 @@ def main() -> None:
     ]
     study.finish(config=dict(layers=list(layers), d_models=list(d_models), n_pairs=list(sizes), n_heads=N_HEADS,
                              d_mlp="4 x d_model", data="seed_experiment(N, held_out_direction='forward')",
-                             step_budget=STEP_BUDGET, eval_every=EVAL_EVERY, seed_tiers=SEED_TIERS,
+                             step_budget=STEP_BUDGET, eval_every=EVAL_EVERY, seed_tiers=tiers,
                              max_pairs=args.max_pairs, localize_target=TARGET),
                  per_seed=per_cell, aggregates=dict(pooled_accuracy=proportion(k, n), above_chance=above),
-                 results_table=results_table, findings=findings, notes=notes)
+                 results_table=results_table, findings=findings, notes=notes,
+                 intervals="Accuracies: exact 95 % Clopper-Pearson intervals (per seed, and pooled k of n over seeds); "
+                           "other figures over seeds: every seed's value and Student's t interval (none for one seed).")
 
 
 if __name__ == "__main__":

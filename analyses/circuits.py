@@ -170,7 +170,9 @@ def main() -> None:
     config = dict(generator="seed_experiment", n_pairs=n_pairs, split=SPLIT, metric="logit_diff",
                   max_edges=MAX_EDGES, target=TARGET, model=study.model_config(0), training=study.training_config(0))
     study.finish(config=config, per_seed=per_seed, aggregates=aggregates, results_table=results_table,
-                 findings=findings)
+                 findings=findings, intervals="Intervals over seeds are 95 % Student's t intervals "
+                                              "(revinterp.stats.t_interval), every seed's value shown; accuracies "
+                                              "over examples have exact Clopper-Pearson intervals.")
 
 
 if __name__ == "__main__":

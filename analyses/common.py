@@ -148,6 +148,9 @@ def shrink_png(path: Path) -> None:
     os.replace(tmp, path)
 
 
+BOOTSTRAP_INTERVALS = "Intervals are 95 % percentile-bootstrap intervals over seeds unless marked as over examples."
+
+
 # == the study ====================================================================================
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
@@ -284,8 +287,8 @@ class Study:
 
     # -- output ----------------------------------------------------------------------------------
     def finish(self, *, config: dict, per_seed, aggregates: dict, results_table: list[str], findings: list[str],
-               notes: Sequence[str] = ()) -> None:
-        """Write ``results.json`` and ``summary.md``."""
+               notes: Sequence[str] = (), intervals: str = BOOTSTRAP_INTERVALS) -> None:
+        """Write ``results.json`` and ``summary.md``; ``intervals`` says in the summary which intervals it shows."""
         seconds = time.time() - self.started
         n_reused = sum(r["reused"] for r in self.run_log)
         train_seconds = sum(r["train_seconds"] for r in self.run_log)
@@ -306,8 +309,7 @@ class Study:
             f"2-core machine for this invocation, {len(self.run_log)} training runs"
             + (f", {n_reused} of them reused from an earlier invocation" if n_reused else "")
             + f"; training the runs took {train_seconds / 60:.1f} min in all when they were first trained"
-            + "). Numbers: `results.json`. Intervals are 95 % percentile-bootstrap intervals over seeds unless marked "
-            "as over examples.", "",
+            + f"). Numbers: `results.json`. {intervals}", "",
         ]
         if self.quick:
             lines += ["**Smoke test (`--quick`): tiny preset, small data. Not a result.**", ""]
