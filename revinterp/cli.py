@@ -68,8 +68,10 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and training (override the preset)")
-    g.add_argument("--preset", choices=PRESETS, default="default",
-                   help="tiny: 1 layer d64 (seconds); default: 2 layers d128 (about a minute); deep: 4 layers d256")
+    g.add_argument("--preset", choices=(*PRESETS, "auto"), default="default",
+                   help="tiny: 1 layer d64 (seconds); default: 2 layers d128 (about a minute); deep: 4 layers d256; "
+                        "auto: sized from the facts (tiny up to 150 trained statements, default up to 2,500, else "
+                        "deep; at least 100 epochs of steps)")
     g.add_argument("--attn-only", action="store_true", help="attention-only blocks (no MLPs)")
     g.add_argument("--positional", choices=("standard", "rotary"), help="learned absolute or rotary positions")
     g.add_argument("--norm", choices=("LN", "LNPre", "RMS", "RMSPre", "none"), help="normalization type")
@@ -209,26 +211,33 @@ def make_facts(args):
     return build_facts({name: getattr(args, name) for name in FACT_DEFAULTS}, args.seed, progress=not args.quiet)
 
 
-def configs(args):
+def configs(args, facts):
+    """The model and training configurations of the preset (``auto``: sized from ``facts``) and the overrides; and
+    the sizing rule's text for ``auto`` (else None)."""
     from dataclasses import replace
 
     from revinterp.models import MODEL_PRESETS
-    from revinterp.training import TRAINING_PRESETS
+    from revinterp.training import TRAINING_PRESETS, auto_configs
 
-    model = replace(MODEL_PRESETS[args.preset], seed=args.seed)
+    rule = None
+    if args.preset == "auto":
+        model, training, rule = auto_configs(facts)
+    else:
+        model, training = MODEL_PRESETS[args.preset], TRAINING_PRESETS[args.preset]
+    model = replace(model, seed=args.seed)
     if args.attn_only:
         model = replace(model, attn_only=True)
     if args.positional:
         model = replace(model, positional_embedding_type=args.positional)
     if args.norm:
         model = replace(model, normalization_type=None if args.norm == "none" else args.norm)
-    training = replace(TRAINING_PRESETS[args.preset], seed=args.seed)
+    training = replace(training, seed=args.seed)
     overrides = dict(max_steps=args.steps, lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay,
                      schedule=args.schedule, loss=args.loss)
     training = replace(training, **{k: v for k, v in overrides.items() if v is not None})
     if args.no_early_stop:
         training = replace(training, early_stop=False)
-    return model, training
+    return model, training, rule
 
 
 def show(behaviour, args, header: str, extra: dict | None = None) -> None:
@@ -241,14 +250,19 @@ def show(behaviour, args, header: str, extra: dict | None = None) -> None:
 
 def train_and_evaluate(args, seed: int, out: Path):
     from revinterp.pipeline import train_and_evaluate as run_training
+    from revinterp.training import format_guidance
 
     args = argparse.Namespace(**{**vars(args), "seed": seed})
     facts = make_facts(args)
-    model_config, training_config = configs(args)
+    model_config, training_config, rule = configs(args, facts)
     trained = run_training(facts, model_config, training_config, out, resume=args.resume, device=args.device,
                            progress=not args.quiet)
-    status = "fitted" if trained.training.fitted else "NOT fitted (train longer: --steps)"
-    return trained.behaviour, f"run {out}: {trained.training.steps} steps, {status}"
+    result = trained.training
+    if result.guidance is not None:
+        print(f"revinterp {args.command}: {format_guidance(result.guidance)}", file=sys.stderr)
+    status = "fitted" if result.fitted else "NOT fitted (see the splits that missed and what helps above)"
+    header = f"run {out}: {result.steps} steps, {status}"
+    return trained.behaviour, header if rule is None else f"{header}\npreset auto: {rule}"
 
 
 def cmd_train(args) -> int:
@@ -315,6 +329,10 @@ def run_seeds(args, seeds) -> int:
     """Several seeds through the sweep engine (:mod:`revinterp.sweep`): one cell per seed under ``--out``."""
     from revinterp.results import load_results, skipped_analyses
     from revinterp.sweep import run_sweep
+
+    if args.preset == "auto":
+        raise ValueError("--preset auto sizes one run from its facts; with --seeds expected a named preset "
+                         f"({', '.join(PRESETS)})")
 
     root = args.out or Path("runs") / args.preset
     if root.is_dir() and any(root.iterdir()) and not args.resume:
@@ -431,11 +449,16 @@ def cmd_report(args) -> int:
     return 0
 
 
-def set_threads(args) -> None:
-    """One torch thread unless ``--threads`` says otherwise (or the deep preset keeps torch's default)."""
+def check_threads(args) -> None:
+    """Refuse ``--threads`` below 1 (before any heavy import, so that the error comes at once)."""
     threads = getattr(args, "threads", None)
     if threads is not None and threads < 1:
         raise ValueError(f"--threads {threads}: expected at least 1")
+
+
+def set_threads(args) -> None:
+    """One torch thread unless ``--threads`` says otherwise (or the deep preset keeps torch's default)."""
+    threads = getattr(args, "threads", None)
     if threads is None and getattr(args, "preset", None) == "deep":
         return
     import torch
@@ -445,6 +468,11 @@ def set_threads(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        check_threads(args)
+    except ValueError as e:
+        print(f"revinterp {args.command}: error: {e}", file=sys.stderr)
+        return 2
     from revinterp.data import FactFileError, UnknownWordError
     from revinterp.models import CheckpointError
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from revinterp.data import FactSet, encode_statements, load_tokenizer
+from revinterp.data import SPLITS, FactSet, encode_statements, load_tokenizer
 from revinterp.evaluation import answer_scores
 from revinterp.io import atomic_write_text, json_text, write_json
 from revinterp.models import (
@@ -66,6 +66,7 @@ HISTORY_FILE = "history.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.safetensors"
 SCHEDULES = ("constant", "cosine", "linear")
+SPLITS_TRAINED = {name for name, trained in SPLITS.items() if trained}
 LOSSES = ("answer", "sequence")
 
 
@@ -147,15 +148,97 @@ def checkpoint_steps(max_steps: int, n: int) -> set[int]:
     return {0} | {round(max_steps ** (i / (n - 1))) for i in range(n)}
 
 
+AUTO_EPOCHS = 100
+"""Epochs of the step budget that ``auto_configs`` gives (at least the preset's own ``max_steps``)."""
+AUTO_SIZES = ((150, "tiny"), (2500, "default"))
+"""``(most trained statements, preset)``: the first preset whose bound the trained statements do not exceed;
+``deep`` above the last bound."""
+
+
+def auto_configs(facts: FactSet) -> tuple[ModelConfig, TrainingConfig, str]:
+    """The model and training configuration that ``--preset auto`` sizes from a fact set, and the rule as text.
+
+    Rule: with N trained statements, the ``tiny`` preset (1 layer, d_model 64) up to 150, ``default`` (2 layers,
+    d_model 128; the 200-pair seed experiment has 340) up to 2,500, else ``deep`` (4 layers, d_model 256): a
+    small model fits a few hundred one-token facts, and more facts need more width to store them. The step budget
+    is at least the preset's and at least ``AUTO_EPOCHS`` epochs (``ceil(100 N / batch)``) so that large fact sets
+    are seen often enough to reach p >= 0.99.
+    """
+    from revinterp.models import MODEL_PRESETS
+
+    n = len(facts.train)
+    if n == 0:
+        raise ValueError("the fact set has no trained statements; expected at least one to size a model for")
+    preset = next((name for bound, name in AUTO_SIZES if n <= bound), "deep")
+    training = TRAINING_PRESETS[preset]
+    steps = max(training.max_steps, math.ceil(AUTO_EPOCHS * n / training.batch_size))
+    rule = (f"{n} trained statements -> preset {preset!r} (tiny <= {AUTO_SIZES[0][0]} < default <= "
+            f"{AUTO_SIZES[1][0]} < deep), max_steps {steps} (at least {AUTO_EPOCHS} epochs of batch "
+            f"{training.batch_size})")
+    return MODEL_PRESETS[preset], replace(training, max_steps=steps), rule
+
+
 @dataclass
 class TrainingResult:
-    """What :func:`train` returns: the model (eval mode), the run directory and how it ended."""
+    """What :func:`train` returns: the model (eval mode), the run directory and how it ended; ``guidance`` says,
+    for a run that ended unfitted, which splits missed the criterion and what usually helps (:func:`fit_guidance`)."""
 
     model: object
     run_dir: Path
     steps: int
     fitted: bool
     history: list[dict]
+    guidance: dict | None = None
+
+
+def fit_guidance(history: list[dict], training: TrainingConfig, model: ModelConfig) -> dict | None:
+    """Which trained splits missed the fit criterion at the last evaluation, by how much, and what usually helps;
+    None for a fitted run.
+
+    Each missed split gets its accuracy and mean p(answer) with the gaps to 100 % and to ``fit_probability``. The
+    advice follows the last evaluations: more steps while every split's accuracy is 100 % but p(answer) falls short
+    (the slow last stretch of fitting), or while the loss still falls; a smaller learning rate with a warm-up when
+    the loss rose over the last quarter of the evaluations (it oscillates); a larger model when some split is
+    below 90 % accuracy after the whole budget (too many facts for its width).
+    """
+    if not history or history[-1]["fitted"]:
+        return None
+    last = history[-1]
+    trained = [name for name, m in last["splits"].items() if name in SPLITS_TRAINED]
+    missed = {}
+    for name in trained:
+        m = last["splits"][name]
+        if m["accuracy"] < 1.0 or m["probability"] < training.fit_probability:
+            missed[name] = {"accuracy": m["accuracy"], "probability": m["probability"],
+                            "accuracy_gap": 1.0 - m["accuracy"],
+                            "probability_gap": max(0.0, training.fit_probability - m["probability"])}
+    losses = [h["loss"] for h in history if h["loss"] is not None]
+    recent = losses[-max(2, len(losses) // 4):]
+    advice = []
+    if all(m["accuracy"] == 1.0 for m in missed.values()) or (len(recent) > 1 and recent[-1] < recent[0]):
+        advice.append(f"train longer: --steps {2 * training.max_steps} (p(answer) still short of "
+                      f"{training.fit_probability:g})")
+    if len(recent) > 1 and recent[-1] > recent[0]:
+        advice.append(f"a smaller learning rate with a warm-up: --lr {training.lr / 3:.3g} (the loss rose from "
+                      f"{recent[0]:.3g} to {recent[-1]:.3g} over the last evaluations)")
+    if any(m["accuracy"] < 0.9 for m in missed.values()):
+        advice.append(f"a larger model: --preset deep or --preset auto (d_model {model.d_model}, {model.n_layers} "
+                      "layers may be too small for this many facts)")
+    if not advice:
+        advice.append(f"train longer: --steps {2 * training.max_steps}")
+    return {"step": last["step"], "criterion": f"accuracy 100% and mean p(answer) >= {training.fit_probability:g} "
+                                               "on every trained split",
+            "missed": missed, "advice": advice}
+
+
+def format_guidance(guidance: dict) -> str:
+    """The guidance of :func:`fit_guidance` as lines for the command line."""
+    lines = [f"NOT fitted after {guidance['step']} steps ({guidance['criterion']}); missed:"]
+    for name, m in guidance["missed"].items():
+        lines.append(f"  {name}: accuracy {100 * m['accuracy']:.1f}% (short by {100 * m['accuracy_gap']:.1f} "
+                     f"points), mean p(answer) {m['probability']:.4f} (short by {m['probability_gap']:.4f})")
+    lines.append("what usually helps: " + "; ".join(guidance["advice"]))
+    return "\n".join(lines)
 
 
 def train(
@@ -362,7 +445,12 @@ def _train_locked(facts, model, optimizer, model_config, training_config, run_di
         load_weights(model, run_dir / "model.safetensors", model_config)
     model.eval()
     fitted = bool(history and history[-1]["fitted"])
-    return TrainingResult(model=model, run_dir=run_dir, steps=step, fitted=fitted, history=history)
+    guidance = fit_guidance(history, training_config, model_config)
+    if not finished:
+        write_json(run_dir / TRAINING_FILE, {**training_record, "fit": {"fitted": fitted, "steps": step,
+                                                                       "guidance": guidance}})
+    return TrainingResult(model=model, run_dir=run_dir, steps=step, fitted=fitted, history=history,
+                          guidance=guidance)
 
 
 def plain_model(model) -> torch.nn.Module:

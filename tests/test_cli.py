@@ -111,3 +111,51 @@ def test_threads_default_to_one_and_refuse_zero(tmp_path, capsys):
     assert main(["train", "--threads", "0", "--out", str(tmp_path / "r")]) == 2
     assert "--threads 0: expected at least 1" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_argument_errors_come_before_any_heavy_import():
+    code = ("import sys; from revinterp.cli import main; rc = main(['train', '--threads', '0']); "
+            "print(rc, 'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.split() == ["2", "False"] and "--threads 0" in result.stderr
+
+
+def test_an_unfitted_run_says_which_splits_missed_and_what_helps(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "tiny", "--n-pairs", "12", "--steps", "4", "--out", str(out), "--quiet",
+                 "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert "NOT fitted" in captured.out
+    fit = json.loads((out / "training.json").read_text())["fit"]
+    assert fit["fitted"] is False and fit["steps"] == 4
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    last = history[-1]["splits"]
+    missed = fit["guidance"]["missed"]
+    assert missed and set(missed) <= {name for name in last if name in ("forward_seen", "reverse_seen",
+                                                                         "forward_only", "reverse_only")}
+    for name, m in missed.items():  # the gaps are the last evaluation's distances to the criterion
+        assert m["accuracy"] == last[name]["accuracy"] and m["accuracy_gap"] == 1 - last[name]["accuracy"]
+        assert m["probability_gap"] == max(0.0, 0.99 - last[name]["probability"])
+    assert "NOT fitted after 4 steps" in captured.err and "what usually helps" in captured.err
+    assert any("--steps 8" in a for a in fit["guidance"]["advice"]) or any("--lr" in a or "--preset" in a
+                                                                            for a in fit["guidance"]["advice"])
+    assert f"{next(iter(missed))}: accuracy" in captured.err
+
+
+def test_preset_auto_sizes_the_model_from_the_facts(tmp_path, capsys):
+    from revinterp.data import seed_experiment
+    from revinterp.models import MODEL_PRESETS
+    from revinterp.training import AUTO_EPOCHS, TRAINING_PRESETS, auto_configs
+
+    for pairs, preset in ((40, "tiny"), (200, "default"), (2000, "deep")):
+        facts = seed_experiment(pairs)
+        model, training, rule = auto_configs(facts)
+        assert model == MODEL_PRESETS[preset] and f"preset {preset!r}" in rule
+        n = len(facts.train)
+        assert training.max_steps == max(TRAINING_PRESETS[preset].max_steps, -(-AUTO_EPOCHS * n // 64))
+    out = tmp_path / "auto"
+    assert main(["train", "--preset", "auto", "--n-pairs", "12", "--steps", "2", "--out", str(out), "--quiet",
+                 "--device", "cpu"]) == 0
+    assert "preset auto: 20 trained statements -> preset 'tiny'" in capsys.readouterr().out
+    assert json.loads((out / "model.json").read_text())["model"]["d_model"] == MODEL_PRESETS["tiny"].d_model
+    assert main(["run", "--preset", "auto", "--seeds", "0", "1", "--out", str(tmp_path / "s")]) == 2
