@@ -231,13 +231,13 @@ class Study:
             run_dir = self.store / sweep.RUNS_DIR / cell.name
             timing = run_dir / TIMING_FILE  # how long the run took to train, kept beside it for later invocations
             reused = status[cell.name].reused
-            if not reused or not timing.is_file():
-                timing.write_text(json.dumps({"train_seconds": round(status[cell.name].seconds or 0.0, 1),
-                                              "reused": reused}))
+            if not reused:  # a reused run keeps the time its first training recorded (unknown if it recorded none)
+                timing.write_text(json.dumps({"train_seconds": round(status[cell.name].seconds, 1), "reused": False}))
+            seconds = json.loads(timing.read_text())["train_seconds"] if timing.is_file() else None
             last = read_history(run_dir)[-1]
             self.run_log.append(dict(run=spec.name, seed=spec.training.seed, steps=last["step"],
-                                     fitted=bool(last["fitted"]), seconds=None if reused else timing_seconds(timing),
-                                     train_seconds=timing_seconds(timing), reused=reused, cell=cell.name))
+                                     fitted=bool(last["fitted"]), seconds=None if reused else seconds,
+                                     train_seconds=seconds, reused=reused, cell=cell.name))
             run_dirs.append(run_dir)
         n_reused = sum(s.reused for s in status.values())
         self.log(f"  {len(cells)} runs ready ({n_reused} reused) in {time.time() - t0:.0f} s: "
@@ -291,7 +291,8 @@ class Study:
         """Write ``results.json`` and ``summary.md``; ``intervals`` says in the summary which intervals it shows."""
         seconds = time.time() - self.started
         n_reused = sum(r["reused"] for r in self.run_log)
-        train_seconds = sum(r["train_seconds"] for r in self.run_log)
+        train_seconds = sum(r["train_seconds"] for r in self.run_log if r["train_seconds"] is not None)
+        n_untimed = sum(r["train_seconds"] is None for r in self.run_log)
         environment = {**versions(), "git_commit": git_commit(), "device": str(default_device()),
                        "torch_threads": torch.get_num_threads()}
         results = {
@@ -309,6 +310,7 @@ class Study:
             f"2-core machine for this invocation, {len(self.run_log)} training runs"
             + (f", {n_reused} of them reused from an earlier invocation" if n_reused else "")
             + f"; training the runs took {train_seconds / 60:.1f} min in all when they were first trained"
+            + (f", {n_untimed} of them untimed (trained by an interrupted invocation)" if n_untimed else "")
             + f"). Numbers: `results.json`. {intervals}", "",
         ]
         if self.quick:
@@ -328,10 +330,6 @@ class Study:
         lines += ["## What the numbers show", "", *[f"- {f}" for f in findings], ""]
         (self.out / "summary.md").write_text("\n".join(lines))
         self.log(f"wrote {self.out / 'results.json'} and {self.out / 'summary.md'} ({seconds:.0f} s)")
-
-
-def timing_seconds(timing: Path) -> float:
-    return json.loads(timing.read_text())["train_seconds"]
 
 
 def git_commit() -> str | None:
