@@ -383,7 +383,9 @@ def measure_interventions(run, max_pairs: int, progress: bool, out: StageResult)
             "equivalence": (compared.equivalence(split, seen[0], MARGIN_FRACTION).to_dict() if seen_effect
                             else None),
             "counts": {method: {"distinguishable": len(compared.distinguishable(split, method)),
-                                "tested": compared.n_tested(split, method)} for method in INTERVENTION_METHODS},
+                                "tested": compared.n_tested(split, method),
+                                "nested_groups": compared.n_groups(split, method),
+                                "holm": compared.n_holm(split, method)} for method in INTERVENTION_METHODS},
         }
     out.figure("reverse_interventions", "Interventions on reverse prompts: total effect and the patching sites of "
                                         "largest effect", compared.plot())

@@ -178,6 +178,23 @@ def hierarchical_bootstrap(
     return Estimate(point, low, high, n_groups, confidence)
 
 
+def holm(p_values: Sequence[float], alpha: float = 0.05) -> list[bool]:
+    """Which hypotheses Holm's step-down procedure (Holm 1979) rejects at family-wise level ``alpha``: sort the
+    ``m`` p-values, reject ``p_(k) <= alpha / (m - k + 1)`` for ``k = 1, 2, ...`` until the first that is not.
+
+    Example:
+        >>> holm([0.01, 0.04, 0.03, 0.5])
+        [True, False, False, False]
+    """
+    m = len(p_values)
+    rejected = [False] * m
+    for k, i in enumerate(sorted(range(m), key=lambda i: p_values[i])):
+        if not p_values[i] <= alpha / (m - k):
+            break
+        rejected[i] = True
+    return rejected
+
+
 EQUIVALENT, DIFFERENT, UNDETERMINED = "equivalent to zero", "different from zero", "undetermined"
 
 

@@ -191,3 +191,19 @@ def test_to_transformer_lens_gives_the_same_numbers(model_and_pairs, direction):
     trivial = (result.values == result.unpatched).all(-1)  # e.g. <bos>: no change in any example
     assert bool(trivial.any()) and bool((p[trivial] == 1).all())
     assert tl.stderr().shape == result.mean.shape
+
+
+def test_nested_sites_follow_the_residual_stream_and_attention():
+    from revinterp.analysis.sites import nested_groups, nests
+
+    subject = Site("resid_pre", 0, 1)
+    assert nests(subject, Site("attn_out", 0, 2)) and nests(subject, Site("mlp_out", 1, 3))  # later positions
+    assert nests(Site("attn_out", 0, 2), Site("mlp_out", 0, 2))  # the MLP reads the attention's write
+    assert not nests(Site("mlp_out", 0, 2), Site("attn_out", 0, 2))  # ... not the other way round
+    assert not nests(Site("attn_out", 0, 1), Site("mlp_out", 0, 2))  # another position needs a later attention
+    assert nests(Site("attn_out", 0, 1), Site("mlp_out", 1, 2))
+    assert not nests(subject, Site("resid_pre", 1, 0))  # nothing flows to earlier positions
+    assert nests(Site("attn_out", 1, 2), Site("head_out_by_pos", 1, 2, 3))
+    assert not nests(Site("head_out", 0, head=1), Site("mlp_out", 1, 2))  # no position: nests in nothing here
+    groups = nested_groups([Site("mlp_out", 0, 0), subject, Site("head_out_by_pos", 0, 2, 1), Site("mlp_out", 0, 2)])
+    assert groups == [(Site("mlp_out", 0, 0),), (subject, Site("head_out_by_pos", 0, 2, 1), Site("mlp_out", 0, 2))]

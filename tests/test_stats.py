@@ -63,3 +63,12 @@ def test_equivalence_needs_power():
     shifted = equivalence_test(planted + 2.0, margin=0.5)
     assert shifted.verdict == DIFFERENT and shifted.differs_from_zero
     assert "pairs would be needed" in str(few) and many.to_dict()["method"].startswith("two one-sided")
+
+
+def test_holm_rejects_step_down_until_the_first_failure():
+    from revinterp.stats import holm
+
+    # sorted 0.001 <= 0.05/4, 0.012 <= 0.05/3, 0.03 > 0.05/2: the third and everything after it stand
+    assert holm([0.03, 0.001, 0.3, 0.012]) == [False, True, False, True]
+    assert holm([0.04, 0.04], alpha=0.05) == [False, False] and holm([0.02, 0.04]) == [True, True]
+    assert holm([]) == []

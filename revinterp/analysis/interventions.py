@@ -42,11 +42,11 @@ from revinterp.analysis.dla import DirectLogitAttributionResult, direct_logit_at
 from revinterp.analysis.effects import SiteEffects
 from revinterp.analysis.patching import patch_sweeps
 from revinterp.analysis.prompts import make_prompt_pairs
-from revinterp.analysis.sites import SWEEP_COMPONENTS
+from revinterp.analysis.sites import SWEEP_COMPONENTS, Site, nested_groups
 from revinterp.data import REVERSE_HELD_OUT, REVERSE_SEEN, FactSet
 from revinterp.evaluation import model_device
 from revinterp.models import unpack_run
-from revinterp.stats import Equivalence, Estimate, bootstrap_ci, equivalence_test, error_bars
+from revinterp.stats import Equivalence, Estimate, bootstrap_ci, equivalence_test, error_bars, holm
 
 INTERVENTION_METHODS = ("patching", "attribution", "dla")
 """Exact activation patching, attribution patching, direct logit attribution."""
@@ -64,6 +64,8 @@ class InterventionEffect:
     site: str
     estimate: Estimate
     trivial: bool  # the intervention changes no pair (exactly zero everywhere)
+    p_value: float = 1.0  # two-sided one-sample t-test of a zero mean over pairs
+    location: Site | None = None  # the patched site (None for attribution parts)
 
     @property
     def distinguishable(self) -> bool:
@@ -121,6 +123,20 @@ class SplitInterventions:
         """The ``k`` sites of ``split`` with the largest mean ``|effect|``."""
         return sorted(self._effects(split, method), key=lambda e: -abs(e.estimate.mean))[:k]
 
+    def n_groups(self, split: str, method: str = "patching") -> int:
+        """How many nested groups (:func:`~revinterp.analysis.sites.nested_groups`) the distinguishable sites form:
+        an effect that passes through several nested sites counts once. DLA parts are additive and never nest."""
+        found = self.distinguishable(split, method)
+        if any(e.location is None for e in found):
+            return len(found)
+        return len(nested_groups([e.location for e in found]))
+
+    def n_holm(self, split: str, method: str = "patching") -> int:
+        """Sites whose effect differs from zero after Holm's correction over the tested sites
+        (:func:`revinterp.stats.holm` at ``1 - confidence``)."""
+        tested = [e for e in self._effects(split, method) if not e.trivial]
+        return sum(holm([e.p_value for e in tested], 1.0 - self.confidence))
+
     def n_tested(self, split: str, method: str = "patching") -> int:
         """Sites whose intervention changes at least one pair (those the counts are over)."""
         return sum(not e.trivial for e in self._effects(split, method))
@@ -163,7 +179,8 @@ class SplitInterventions:
                 found = self.distinguishable(split, method)
                 top = ", ".join(f"{e.site} {e.estimate}" for e in self.largest(split, method, k))
                 lines.append(f"  {method:<12} {len(found)} of {n} sites distinguishable from zero (about "
-                             f"{chance * n:.1f} by chance); largest: {top}")
+                             f"{chance * n:.1f} by chance) in {self.n_groups(split, method)} nested group(s), "
+                             f"{self.n_holm(split, method)} after Holm's correction; largest: {top}")
         return "\n".join(lines)
 
     def plot(self, method: str = "patching", k: int = 12):
@@ -245,7 +262,7 @@ def compare_splits(
             "patching": _site_effects(sweeps.values(), interval),
             "attribution": _site_effects(estimates.values(), interval),
             "dla": tuple(
-                InterventionEffect(label, bootstrap_ci(row, **interval), bool(torch.all(row == 0)))
+                InterventionEffect(label, bootstrap_ci(row, **interval), bool(torch.all(row == 0)), _p_zero(row))
                 for label, row in zip(parts.labels, parts.values.double().cpu())
             ),
         }
@@ -261,6 +278,16 @@ def _site_effects(results, interval: dict) -> tuple[InterventionEffect, ...]:
     out = []
     for result in results:
         changes = (result.values - result.unpatched).reshape(-1, result.n).double().cpu()
-        for label, row in zip(result.site_labels(), changes):
-            out.append(InterventionEffect(label, bootstrap_ci(row, **interval), bool(torch.all(row == 0))))
+        for site, row in zip(result.sites(), changes):
+            out.append(InterventionEffect(site.label(result.labels), bootstrap_ci(row, **interval),
+                                          bool(torch.all(row == 0)), _p_zero(row), site))
     return tuple(out)
+
+
+def _p_zero(row: torch.Tensor) -> float:
+    """Two-sided p-value of a zero mean (one-sample t-test over pairs); 1 for a row that is exactly zero."""
+    from scipy.stats import ttest_1samp
+
+    if row.numel() < 2 or torch.all(row == row[0]):
+        return 1.0 if torch.all(row == 0) or row.numel() < 2 else 0.0
+    return float(ttest_1samp(row.numpy(), 0.0).pvalue)

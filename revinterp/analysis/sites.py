@@ -146,6 +146,53 @@ class Site:
         return f"{self.component} {where}"
 
 
+_TIME = {"resid_pre": 0, "attn_out": 1, "z": 1, "mlp_out": 2, "resid_post": 2}
+"""When a site's activation is in the residual stream of its position, in half-blocks: ``2 layer + this``."""
+
+
+def nests(outer: Site, inner: Site) -> bool:
+    """Whether ``inner`` lies downstream of ``outer``, so that an effect passing through ``outer`` also shows at
+    ``inner``: ``inner`` is one of the heads of the attention output ``outer``, or ``inner`` reads the residual
+    stream after ``outer``'s activation entered it. At time ``t`` in half-blocks (:data:`_TIME`), a site at
+    position ``p`` reaches the stream of ``p`` from ``t`` on, and of every later position through the next
+    attention layer (which reads the stream at ``2 l`` and writes at ``2 l + 1``); the residual stream at time ``T``
+    reads what reached its position by ``T``, an attention layer ``l`` what reached any position up to its own by
+    ``2 l``, an MLP what reached its position by ``2 l + 1``. So the residual stream before layer 0 at the subject
+    nests every later site at the subject and after it. Sites without a position (a head over every position,
+    queries, keys, values, patterns) nest in nothing here."""
+    if outer == inner or outer.pos is None or inner.pos is None:
+        return False
+    stage_o, stage_i = COMPONENTS[outer.component].stage, COMPONENTS[inner.component].stage
+    if stage_o not in _TIME or stage_i not in _TIME:
+        return False
+    if stage_o == "attn_out" and stage_i == "z":
+        return inner.layer == outer.layer and inner.pos == outer.pos
+    t_o = 2 * outer.layer + _TIME[stage_o]
+
+    def reached(pos: int, by: int) -> bool:  # outer's activation is in the stream of ``pos`` by time ``by``
+        if pos == outer.pos:
+            return t_o <= by
+        return pos > outer.pos and by >= t_o + (1 if t_o % 2 == 0 else 2)  # through a later attention layer
+
+    if stage_i in ("z", "attn_out"):
+        return outer.pos <= inner.pos and t_o <= 2 * inner.layer
+    if stage_i == "mlp_out":
+        return reached(inner.pos, 2 * inner.layer + 1)
+    return reached(inner.pos, 2 * inner.layer + _TIME[stage_i])
+
+
+def nested_groups(sites: Sequence[Site]) -> list[tuple[Site, ...]]:
+    """``sites`` grouped so that sites nested in one another (:func:`nests`, either way, transitively) share a
+    group: one effect seen at every site it passes through counts once per group. Groups keep the given order."""
+    groups: list[list[Site]] = []
+    for site in sites:
+        touching = [g for g in groups if any(nests(site, other) or nests(other, site) for other in g)]
+        merged = [s for g in touching for s in g] + [site]
+        groups = [g for g in groups if all(g is not t for t in touching)] + [merged]
+    order = {site: k for k, site in enumerate(sites)}
+    return sorted((tuple(sorted(g, key=order.get)) for g in groups), key=lambda g: order[g[0]])
+
+
 def component_spec(name: str) -> Component:
     """The :class:`Component` called ``name``; an error listing the valid names for any other."""
     if name not in COMPONENTS:

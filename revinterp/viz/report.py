@@ -200,7 +200,8 @@ def reverse_findings(numbers: dict) -> list[str]:
                     verdict += f"; about {eq['n_needed']} pairs would be needed"
                 if r["share_of_seen"] is not None:
                     verdict += f"; {100 * r['share_of_seen']:.1f} % of the seen-reverse effect"
-            counts = "; ".join(f"{method}: {c['distinguishable']} of {c['tested']} sites distinguishable from zero"
+            counts = "; ".join(f"{method}: {c['distinguishable']} of {c['tested']} sites distinguishable from zero "
+                               f"({c['nested_groups']} nested group(s), {c['holm']} after Holm's correction)"
                                for method, c in r["counts"].items())
             findings.append(
                 f"{split} ({r['n_pairs']} pairs): swapping the subject changes the logit difference (clean answer - "
