@@ -244,7 +244,8 @@ class Behaviour:
         return pd.DataFrame(rows)
 
     def summary(self) -> str:
-        """A table: accuracy with its 95 % interval beside chance, rank and log-probabilities."""
+        """A table: accuracy with its 95 % interval beside chance, rank and log-probabilities; ``n`` counts distinct
+        questions (the statements, with one answer per question)."""
         header = (
             f"{'split':<24}{'n':>5}  {'trained':<8}{'accuracy [95% CI]':<24}{'chance':>8}"
             f"{'rank':>8}{'logp(cand)':>12}{'-ln M':>8}{'p(answer)':>11}"
@@ -254,7 +255,7 @@ class Behaviour:
             m = sb.metrics()
             acc = f"{100 * m['accuracy']:5.1f}% [{100 * m['accuracy_ci'][0]:.1f}, {100 * m['accuracy_ci'][1]:.1f}]"
             lines.append(
-                f"{name:<24}{m['n']:>5}  {'yes' if m['trained'] else 'no':<8}{acc:<24}"
+                f"{name:<24}{m['n_questions']:>5}  {'yes' if m['trained'] else 'no':<8}{acc:<24}"
                 f"{100 * m['chance_accuracy']:>7.1f}%{m['mean_rank']:>8.1f}"
                 f"{format_fixed(m['logprob_candidates']):>12}{format_fixed(m['uniform_logprob_candidates']):>8}"
                 f"{m['probability']:>11.3f}"

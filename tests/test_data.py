@@ -132,11 +132,11 @@ def test_fact_file_csv_and_jsonl_agree(tmp_path):
     ("subject,relation,object,inverse\na,r,b,q\n ,r,c,q\n", "line 3: empty 'subject'"),
     ("subject,relation,object,inverse\na,r,b,\nc,r,d,q\n", "line 2: empty 'inverse'"),
     ("subject,relation,object,inverse,split\na,r,b,q,both\nb,q,a,r,reverse_held_out\n",
-     r"split 'forward_held_out' here but 'both' on line 2"),
+     r"split 'forward_held_out' here \(the row's 'reverse_held_out', stated through the inverse\) but 'both' on line 2"),
     ("subject,relation,object,inverse,split\na,r,b,q,both\nc,r,d,q,\n", "no split, while line 2"),
     ("subject,relation,object,inverse,split\na,r,b,q,both\nc,r,d,q,half\n", "split 'half'; expected one of"),
     ("subject,relation,object,inverse,split\na,r,b,q,both\na,r,c,q,forward_held_out\n",
-     r"both trained and held-out answers: \('a', 'r'\)"),
+     r"line 3: question \('a', 'r'\) is held out here \(answer 'c'\) but trained on line 2 \(answer 'b'\)"),
     ("subject,relation,object,inverse\na,r,b,q\nc,r,d,s\n", "declared with inverse 's'"),
     ("subject,relation,object,inverse\na,r,b,r\nc,r,d,r\n", "its own inverse"),
     ("subject,relation,object,inverse\na <bos>,r,b,q\nc,r,d,q\n", "reserved token"),
@@ -256,7 +256,8 @@ def test_fact_file_reports_every_problem_at_once(tmp_path):
     with pytest.raises(FactFileError, match=r"30 problems:\n  line 3: .*\n  line 5: ") as error:
         load_fact_file(write(tmp_path, "f.csv", "subject,relation,object,inverse,split\n" + rows))
     assert str(error.value).count("expected one split per fact") == 20 and "... and 10 more" in str(error.value)
-    assert "fact ('a0', 'r', 'b0') has split 'reverse_held_out' here but 'both' on line 2" in str(error.value)
+    assert ("line 3: fact ('a0', 'r', 'b0') has split 'reverse_held_out' here (the row's 'forward_held_out', stated "
+            "through the inverse) but 'both' on line 2") in str(error.value)
     mixed = HEADER + "a,{x},b,q\n,r,c,q\nd,r,e,q\nd,r,f,s\n"
     with pytest.raises(FactFileError) as error:
         load_fact_file(write(tmp_path, "g.csv", mixed))

@@ -59,9 +59,18 @@ EXPECTED_OUTPUT = {
         r"^control: no selective site",
     ],
     "04_your_own_facts": [
-        r"96 statements over relations \['child_of', 'mentee_of', 'mentor_of', 'parent_of'\]",
+        r"^64 statements over relations \['child_of', 'parent_of'\]",
+        r"^relations with several answers: \['child_of', 'parent_of'\]",
+        r"^'[A-Z][a-z]+ [A-Z][a-z]+' child_of -> \('[A-Z][a-z]+ [A-Z][a-z]+', '[A-Z][a-z]+ [A-Z][a-z]+'\)",  # two parents
+        r"^forward_seen\s+12  yes\s+100\.0% \[73\.5, 100\.0\]\s+12\.5%\s+1\.0 ",  # either child counts
+        r"^reverse_held_out\s+4  no\s+0\.0% \[0\.0, 60\.2\]\s+12\.5%",  # 4 children, 2 parents each
+        r"^among the 4 held-out answers: accuracy [\d.]+ \[[\d.]+, [\d.]+\] against chance 0\.50",
+        r"'rank_below_chance_p': 0\.0\d+",
+        r"^Lexical overlap in reverse_held_out: \d of 8 held-out questions",
+        r"^same splits: True",
         r"missing column\(s\) \['inverse'\]",
-        r"conflicts with 'Ben Birch' \(line 2\)",
+        r"line 3: fact \('Ada Ash', 'parent_of', 'Ben Birch'\) has split 'reverse_held_out' here",
+        r"line 5: question \('Dan Dale', 'child_of'\) is trained here \(answer 'Eve Elm'\) but held out on line 4",
         r"declared with inverse 'kid_of'",
     ],
     "05_mitigations": [

@@ -65,7 +65,8 @@ CASES: dict[str, list[str] | None] = {
     "facts.txt": [r"unknown fact file type '\.txt'; expected \.csv or \.jsonl"],
     "conflicts.csv": [  # all three at once
         r"3 problems",
-        r"line 5: fact \('Dan', 'parent_of', 'Eve'\) has split 'reverse_held_out' here but 'both' on line 4",
+        r"line 5: fact \('Dan', 'parent_of', 'Eve'\) has split 'reverse_held_out' here \(the row's "
+        r"'forward_held_out', stated through the inverse\) but 'both' on line 4",
         r"line 7: fact \('Gus', 'teacher_of', 'Hal'\) has split 'both' here but 'reverse_held_out' on line 6",
         r"line 9: fact \('Ivy', 'teacher_of', 'Jo'\) has split 'reverse_held_out' here but 'forward_held_out' on "
         r"line 8",

@@ -55,6 +55,7 @@ from pathlib import Path
 from revinterp.data.facts import (
     FACT_SPLITS,
     HELD_OUT_DIRECTIONS,
+    SPLITS,
     FactSet,
     Relation,
     check_relations,
@@ -280,6 +281,25 @@ def _name_problem(column: str, raw: str, value: str) -> str | None:
     return None
 
 
+def _check_questions_split_alike(facts, fact_splits, fact_lines, inverses, problems: _Problems) -> None:
+    """Record a problem for every fact whose split trains a question that an earlier fact holds out, or the
+    reverse: a held-out question must have every answer held out (a trained one would count as a correct reply)."""
+    first: dict[tuple[str, str], tuple[bool, int, str]] = {}  # question -> (trained, line, answer)
+    for (subject, relation, obj), name, line_no in zip(facts, fact_splits, fact_lines):
+        for question, answer, split in (((subject, relation), obj, FACT_SPLITS[name][0]),
+                                        ((obj, inverses[relation]), subject, FACT_SPLITS[name][1])):
+            trained, (was_trained, line, earlier) = SPLITS[split], first.setdefault(
+                question, (SPLITS[split], line_no, answer))
+            if trained != was_trained:
+                problems.add(line_no, f"question ({question[0]!r}, {question[1]!r}) is {_state(trained)} here (answer "
+                                      f"{answer!r}) but {_state(was_trained)} on line {line} (answer {earlier!r}); "
+                                      "expected every answer of a held-out question held out")
+
+
+def _state(trained: bool) -> str:
+    return "trained" if trained else "held out"
+
+
 def load_fact_file(
     path: str | Path,
     *,
@@ -397,6 +417,7 @@ def load_fact_file(
         if relation not in inverses:
             forward_relations.add(relation)
         inverses[relation], inverses[inverse] = inverse, relation
+        as_written = split
         if relation not in forward_relations:
             subject, relation, obj = obj, inverse, subject
             split = None if split is None else _FLIPPED[split]
@@ -404,9 +425,10 @@ def load_fact_file(
         if fact in fact_index:
             earlier = fact_index[fact]
             if fact_splits[earlier] != split:
-                problems.add(line_no, f"fact ({subject!r}, {relation!r}, {obj!r}) has split {split!r} here but "
-                                      f"{fact_splits[earlier]!r} on line {fact_lines[earlier]} (as {relation!r}); "
-                                      "expected one split per fact")
+                read = f" (the row's {as_written!r}, stated through the inverse)" if as_written != split else ""
+                problems.add(line_no, f"fact ({subject!r}, {relation!r}, {obj!r}) has split {split!r} here{read} but "
+                                      f"{fact_splits[earlier]!r} on line {fact_lines[earlier]}; expected one split per "
+                                      "fact")
             continue
         fact_index[fact] = len(facts)
         facts.append(fact)
@@ -419,6 +441,8 @@ def load_fact_file(
             if not has:
                 problems.add(line_no, f"no split, while line {first} and others give one; expected a split on every "
                                       f"row (one of {list(FACT_SPLITS)}) or on none")
+    elif all(given):
+        _check_questions_split_alike(facts, fact_splits, fact_lines, inverses, problems)
     if problems.found:
         raise problems.error()
     if len(facts) < 2:
