@@ -219,7 +219,19 @@ def behaviour_stage(run) -> StageResult:
     result = StageResult("behaviour", behaviour.to_dict())
     result.figure("behaviour", "Accuracy per split", behaviour.plot(),
                   "Top-1 accuracy among the M candidate answers; markers show chance 1/M.")
+    isolated(result, "overlap", lambda out: measure_overlap(behaviour))
     return result
+
+
+def measure_overlap(behaviour) -> dict:
+    """The lexical-overlap diagnostic of the held-out questions (:func:`revinterp.analysis.overlap.lexical_overlap`):
+    a subject that shares a token with its answer can be answered through that token, not a reverse path."""
+    from revinterp.analysis.overlap import lexical_overlap
+
+    held = [name for name in HELD_OUT_SPLITS if name in behaviour.splits and behaviour[name].n]
+    if not held:
+        raise Skip("no held-out split has questions", splits=list(behaviour.splits))
+    return lexical_overlap(behaviour, held).to_numbers()
 
 
 def forward_stage(run, max_pairs: int, progress: bool = False) -> StageResult:

@@ -89,3 +89,12 @@ def test_unfitted_trained_splits_are_a_caveat():
     data = numbers()
     data["behaviour"]["splits"]["forward_seen"] = split(300, 290, 0.005, True, probability=0.9)
     assert any("forward_seen is not fitted" in c for c in verdict(data).caveats)
+
+
+def test_lexical_overlap_is_a_caveat_with_its_numbers():
+    data = numbers()
+    data["behaviour"]["overlap"] = {"n_overlap": 12, "n_questions": 300, "shortcut_p": 0.001,
+                                    "accuracy_with_overlap": {"accuracy": 0.25, "ci": [0.05, 0.57], "n": 12},
+                                    "accuracy_without_overlap": {"accuracy": 0.0, "ci": [0.0, 0.013], "n": 288}}
+    caveat = next(c for c in verdict(data).caveats if "share a token" in c)
+    assert "12 of 300" in caveat and "25.0 % with overlap against 0.0 % without" in caveat and "p = 0.001" in caveat

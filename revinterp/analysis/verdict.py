@@ -33,8 +33,8 @@ lines disagree). The causes then follow the starvation diagnostic (:mod:`revinte
 held-out questions, per side: the subject's input embedding (ever an input in training?) and the answer's
 unembedding (ever a training target?). With the path absent, a starved side is a sufficient cause ("input starvation",
 "answer starvation"); with both sides fed, the remaining cause is "a learned asymmetry"; a starved side leaves it
-untestable in that cell. Caveats (unfitted trained splits, lexical overlap between subjects and answers) are listed
-with the numbers that raised them.
+untestable in that cell. Caveats (unfitted trained splits, lexical overlap between subjects and answers from
+:mod:`revinterp.analysis.overlap`) are listed with the numbers that raised them.
 """
 
 from __future__ import annotations
@@ -298,8 +298,14 @@ def verdict(numbers: dict[str, dict]) -> Verdict:
         statement = ("inconclusive: " + ("the voting lines disagree: " + voting if disagree
                                          else "no line of evidence passed its positive control and reached a finding"))
     caveats = fit_caveats(behaviour)
-    overlap = reverse.get("overlap")
-    if isinstance(overlap, dict) and not _skipped(overlap) and overlap.get("n_overlap"):
-        caveats.append(f"{overlap['n_overlap']} of {overlap['n']} held-out questions share a token between subject "
-                       "and answer (a lexical shortcut, not a reverse path, can answer those)")
+    overlap = behaviour.get("overlap")
+    if isinstance(overlap, dict) and not _skipped(overlap) and overlap["n_overlap"]:
+        with_, without = overlap["accuracy_with_overlap"], overlap["accuracy_without_overlap"]
+        caveats.append(
+            f"{overlap['n_overlap']} of {overlap['n_questions']} held-out questions share a token between subject "
+            f"and answer, which a lexical shortcut can use without any reverse path: accuracy "
+            f"{100 * with_['accuracy']:.1f} % with overlap against "
+            + (f"{100 * without['accuracy']:.1f} % without" if without else "no question without")
+            + (f" (one-sided Fisher exact p = {overlap['shortcut_p']:.2g})" if overlap["shortcut_p"] is not None
+               else ""))
     return Verdict(split, path, tuple(causes), input_side, answer_side, counts, lines, tuple(caveats), statement)

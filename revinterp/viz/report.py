@@ -120,6 +120,20 @@ def behaviour_findings(numbers: dict) -> list[str]:
             f"{num(m['chance_mean_rank'], 1)}); log-probability among candidates {num(m['logprob_candidates'])} "
             f"against uniform {num(m['uniform_logprob_candidates'])}" + verdict
         )
+    overlap = numbers.get("overlap")
+    if overlap is not None:
+        if "skipped" in overlap:
+            findings.append(skipped("Lexical overlap", overlap["skipped"]))
+        else:
+            def acc(e):
+                return "no such question" if e is None else (f"{pct(e['accuracy'])} [95 % CI {pct(e['ci'][0])}, "
+                                                             f"{pct(e['ci'][1])}] of {e['n']}")
+            findings.append(
+                f"Lexical overlap: {overlap['n_overlap']} of {overlap['n_questions']} held-out questions share a token "
+                f"between subject and answer; accuracy with overlap {acc(overlap['accuracy_with_overlap'])}, without "
+                f"{acc(overlap['accuracy_without_overlap'])}"
+                + (f" (one-sided Fisher exact p = {overlap['shortcut_p']:.2g})" if overlap["shortcut_p"] is not None
+                   else "") + ".")
     return findings
 
 
