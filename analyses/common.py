@@ -7,7 +7,7 @@ training configuration is trained once and reused by every study), and ends with
 writes
 
 - ``<out>/results.json``: one object with the configuration, the seeds, the per-seed numbers and the aggregates
-  (each with its 95 % percentile-bootstrap interval over seeds, :func:`revinterp.stats.bootstrap_ci`);
+  (each with its 95 % Student's t interval over seeds, :func:`ci`);
 - ``<out>/*.png``: the figures (:func:`revinterp.viz.static.save_png` of plotly figures);
 - ``<out>/summary.md``: the command that regenerates it, the configuration, the seeds, the figures and the
   findings, every number of which is formatted from the results.
@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from revinterp.models import MODEL_PRESETS, CheckpointError, default_device
-from revinterp.stats import Estimate, bootstrap_ci
+from revinterp.stats import Estimate, bootstrap_ci, t_interval
 from revinterp.training import TRAINING_PRESETS, TrainingConfig, train, versions
 from revinterp.viz.static import save_png
 
@@ -70,12 +70,16 @@ def parser(study: str, description: str) -> argparse.ArgumentParser:
 
 # == intervals and verdicts =======================================================================
 def ci(values: Sequence[float] | torch.Tensor) -> Estimate:
-    """Mean with a 95 % percentile-bootstrap interval (over seeds when given one value per seed)."""
+    """Mean over seeds (one value per seed) with Student's 95 % t interval (:func:`revinterp.stats.t_interval`; a
+    percentile bootstrap over five seeds under-covers); the interval is NaN with fewer than two finite values."""
     values = [float(v) for v in (values.tolist() if isinstance(values, torch.Tensor) else values)]
     finite = [v for v in values if math.isfinite(v)]
-    if not finite:
-        return Estimate(math.nan, math.nan, math.nan, 0)
-    return bootstrap_ci(finite)
+    if len(finite) < 2:
+        mean = finite[0] if finite else math.nan
+        return Estimate(mean, math.nan, math.nan, len(finite))
+    if max(finite) == min(finite):  # every seed the same: no spread to widen the interval
+        return Estimate(finite[0], finite[0], finite[0], len(finite))
+    return t_interval(finite)
 
 
 def est(e: Estimate | dict, digits: int = 3, percent: bool = False) -> str:
@@ -148,7 +152,8 @@ def shrink_png(path: Path) -> None:
     os.replace(tmp, path)
 
 
-BOOTSTRAP_INTERVALS = "Intervals are 95 % percentile-bootstrap intervals over seeds unless marked as over examples."
+SEED_INTERVALS = ("Intervals over seeds are 95 % Student's t intervals (`common.ci`) unless marked as over examples or "
+                  "exact (Clopper-Pearson).")
 
 
 # == the study ====================================================================================
@@ -287,7 +292,7 @@ class Study:
 
     # -- output ----------------------------------------------------------------------------------
     def finish(self, *, config: dict, per_seed, aggregates: dict, results_table: list[str], findings: list[str],
-               notes: Sequence[str] = (), intervals: str = BOOTSTRAP_INTERVALS) -> None:
+               notes: Sequence[str] = (), intervals: str = SEED_INTERVALS) -> None:
         """Write ``results.json`` and ``summary.md``; ``intervals`` says in the summary which intervals it shows."""
         seconds = time.time() - self.started
         n_reused = sum(r["reused"] for r in self.run_log)
