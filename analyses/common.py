@@ -77,8 +77,6 @@ def ci(values: Sequence[float] | torch.Tensor) -> Estimate:
     if len(finite) < 2:
         mean = finite[0] if finite else math.nan
         return Estimate(mean, math.nan, math.nan, len(finite))
-    if max(finite) == min(finite):  # every seed the same: no spread to widen the interval
-        return Estimate(finite[0], finite[0], finite[0], len(finite))
     return t_interval(finite)
 
 
