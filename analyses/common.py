@@ -248,6 +248,41 @@ class Study:
                              for r in self.run_log[-len(cells):]))
         return run_dirs
 
+    def analyze_all(self, run_dirs: Sequence[Path]) -> None:
+        """Every analysis stage of the pipeline (:func:`revinterp.pipeline.analyze`, the verdict included) of the runs
+        not analysed yet, one Ray task each (one CPU and one torch thread per task; the cluster of
+        :meth:`train_all`, or a local one)."""
+        import ray
+
+        from revinterp.results import ResultsError, load_results
+        from revinterp.sweep import connect
+
+        def analysed(run_dir: Path) -> bool:
+            try:
+                load_results(run_dir)
+            except ResultsError:
+                return False
+            return True
+
+        @ray.remote(num_cpus=1)
+        def task(run_dir: str) -> str:
+            from revinterp.pipeline import analyze
+
+            torch.set_num_threads(1)
+            analyze(run_dir, device="cpu", progress=False)
+            return run_dir
+
+        todo = [d for d in run_dirs if not analysed(d)]
+        if todo:
+            t0 = time.time()
+            started = connect(self.address)
+            try:
+                ray.get([task.remote(str(d)) for d in todo])
+            finally:
+                if started:
+                    ray.shutdown()
+            self.log(f"  analysed {len(todo)} runs on Ray in {time.time() - t0:.0f} s")
+
     def train(self, name: str, facts, seed: int, *, model_config=None, **training_overrides):
         """Train (or reuse a finished run of exactly this configuration) into ``<out>/runs/<name>``.
 
@@ -396,6 +431,19 @@ def head_heatmap(result, title: str):
         zmid=result.normalized_unpatched, colorbar=dict(title="normalized")))
     fig.update_layout(title=title, yaxis_title="head", xaxis_title="position")
     return fig
+
+
+def seed_verdicts(verdicts: Sequence[dict]) -> str:
+    """The saved verdicts (:mod:`revinterp.analysis.verdict`) of one setup's seeds: the common one, or how many
+    seeds said what ("inconclusive: the seeds disagree")."""
+    from collections import Counter
+
+    said = Counter((v["reverse_path"], ", ".join(v["causes"]) or "none") for v in verdicts)
+    if len(said) == 1:
+        (path, causes), = said
+        return f"reverse path {path} in every seed; causes supported: {causes}"
+    return "inconclusive: the seeds disagree (" + "; ".join(f"{n} seed(s): path {p}, causes {c}"
+                                                             for (p, c), n in said.most_common()) + ")"
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence]) -> list[str]:

@@ -20,54 +20,16 @@ the evidence supports; a cell's verdict is the seeds' common one, else "inconclu
 
 from __future__ import annotations
 
-from collections import Counter
-from pathlib import Path
-
-from common import Study, parser, table
+from common import Study, parser, seed_verdicts, table
 
 from revinterp.analysis.starvation import starvation_report
 from revinterp.analysis.verdict import proportion_finding
 from revinterp.data import STARVATION_CELLS, seed_experiment, starvation_cell
-from revinterp.results import ResultsError, load_results
+from revinterp.results import load_results
 from revinterp.stats import clopper_pearson, t_interval
 
 SPLIT = "reverse_held_out"
 CELL_LABELS = {"none": "neither fed (seed)", "subject": "subject fed", "answer": "answer fed", "both": "both fed"}
-
-
-def analyze_all(run_dirs: list[Path]) -> None:
-    """Every analysis stage (:func:`revinterp.pipeline.analyze`) of the runs not analysed yet, one Ray task each
-    (one CPU and one torch thread per task, on the cluster :meth:`Study.train_all` connected to)."""
-    import ray
-
-    def analysed(run_dir: Path) -> bool:
-        try:
-            load_results(run_dir)
-        except ResultsError:
-            return False
-        return True
-
-    @ray.remote(num_cpus=1)
-    def task(run_dir: str) -> str:
-        import torch
-
-        from revinterp.pipeline import analyze
-
-        torch.set_num_threads(1)
-        analyze(run_dir, device="cpu", progress=False)
-        return run_dir
-
-    ray.get([task.remote(str(d)) for d in run_dirs if not analysed(d)])
-
-
-def cell_verdict(rows: list[dict]) -> str:
-    """The verdicts of a cell's seeds: the common one, or how many seeds said what."""
-    said = Counter((r["verdict"]["reverse_path"], ", ".join(r["verdict"]["causes"]) or "none") for r in rows)
-    if len(said) == 1:
-        (path, causes), = said
-        return f"reverse path {path} in every seed; causes supported: {causes}"
-    return "inconclusive: the seeds disagree (" + "; ".join(f"{n} seed(s): path {p}, causes {c}"
-                                                             for (p, c), n in said.most_common()) + ")"
 
 
 def proportion(k: int, n: int) -> dict:
@@ -110,7 +72,7 @@ def main() -> None:
                                 feed_subject=feed_subject, feed_answer=feed_answer, n_values=8, seed=seed)
         specs.append(study.spec(f"{cell}-seed{seed}", facts, seed))
     run_dirs = study.train_all(specs)
-    analyze_all(run_dirs)  # every analysis stage of every run, as Ray tasks; the verdict is one of them
+    study.analyze_all(run_dirs)  # every analysis stage of every run, as Ray tasks; the verdict is one of them
 
     per_seed: dict[str, list[dict]] = {c: [] for c in args.cells}
     for (cell, seed), run_dir, log in zip(grid, run_dirs, study.run_log[-len(grid):]):
@@ -159,7 +121,7 @@ def main() -> None:
             all_fitted=all(r["run"]["fitted"] for r in rows), steps=[r["run"]["steps"] for r in rows],
             verdicts=[{k: r["verdict"][k] for k in ("reverse_path", "causes", "input_side", "answer_side")}
                       for r in rows],
-            verdict=cell_verdict(rows),
+            verdict=seed_verdicts([r["verdict"] for r in rows]),
         )
         # the behaviour line on the pooled questions (its positive control: every seed's seen reverse above chance)
         control = all(r["verdict"]["lines"][0]["control"] == "pass" for r in rows)
