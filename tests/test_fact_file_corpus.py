@@ -212,3 +212,33 @@ def test_generator_options_that_make_no_data_are_refused_cleanly(case, tmp_path,
     argv = ["train", *options, "--preset", "tiny", "--out", str(tmp_path / "run"), "--steps", "1", "--quiet",
             "--device", "cpu"]
     refused(argv, tmp_path, capsys, monkeypatch, [pattern])
+
+
+def test_celebrity_like_file_runs_end_to_end(tmp_path, capsys, monkeypatch):
+    """A generated file of the celebrity shape (names of several words, two parents per child, two children per
+    parent, shared surnames) through ``revinterp run``: exit 0 with a report, either valid answer counted."""
+    import csv
+
+    from revinterp.data import celebrity_like
+
+    families = celebrity_like(4, children_per_parent=2, shared_surname_fraction=0.5, held_out_direction="forward",
+                              seed=1)
+    path = tmp_path / "families.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(("subject", "relation", "object", "inverse"))
+        writer.writerows((s.subject, s.relation, s.object, families.relations[s.relation].inverse)
+                         for s in families.statements if s.direction == "forward")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    assert main(["run", "--facts", str(path), "--preset", "tiny", "--steps", "60", "--max-pairs", "4",
+                 "--trained-direction", "forward", "--out", str(out), "--device", "cpu", "--quiet"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    assert (out / "report.html").is_file()
+    splits = json.loads((out / "behaviour.json").read_text())["splits"]
+    held = splits["reverse_held_out"]
+    assert held["max_valid_answers"] == 2 and held["n_questions"] == held["n"] // 2  # a child asks one question
+    assert set(held["held_out_answers"]) >= {"accuracy", "chance_accuracy", "accuracy_above_chance_p"}
+    trained = splits["forward_seen"]
+    # each parent's two children share the probability, and either one is a correct answer
+    assert trained["accuracy"] == 1.0 and trained["probability"] < 0.6
