@@ -7,21 +7,49 @@ For each seed: ``seed_experiment(200)`` (held-out direction chosen at random per
 and ``seed_experiment(200, held_out_direction="forward")`` (every one-way fact trained forward, its reverse held
 out), trained until fitted, evaluated per split: accuracy among the M candidates (chance 1/M), the answer's mean
 rank (chance (M+1)/2), its log-probability normalized over the candidates (uniform -ln M) and p(answer) over the
-vocabulary. Aggregates: the split means with 95 % bootstrap intervals over seeds (``evaluation.over_seeds``) and
-the mean over seeds of each seed's interval over examples.
+vocabulary. Aggregates: the split means with Student's t intervals over seeds (``evaluation.over_seeds``); for the
+held-out splits the accuracy pooled over seeds (k of n, Clopper-Pearson) among all candidates and among the
+held-out answers only, and per seed the one-sided tests of a rank worse than chance and a log-probability below
+uniform (``revinterp.chance``). Runs are trained through the shared run store on Ray (``Study.train_all``).
 """
 
 from __future__ import annotations
 
 import plotly.graph_objects as go
-from common import Study, behaviour_over_seeds, ci, est, parser, rank_versus, seed_ci_table, versus
+from common import Study, behaviour_over_seeds, ci, est, parser, seed_ci_table
 
+from revinterp.analysis.verdict import proportion_finding
 from revinterp.data import seed_experiment
 from revinterp.evaluation import evaluate
 from revinterp.models import load_run
-from revinterp.stats import error_bars
+from revinterp.stats import clopper_pearson, error_bars
 
 VARIANTS = ("random", "forward")
+
+
+def pooled_held_out(rows: list[dict], split: str) -> dict:
+    """A held-out split over seeds: accuracy pooled as k of n with its Clopper-Pearson interval and the behaviour
+    line's finding on it (:func:`revinterp.analysis.verdict.proportion_finding`, against the seen reverse accuracy);
+    the same among the held-out answers only; per seed the one-sided p-values of a rank worse than chance and a
+    log-probability below uniform (:mod:`revinterp.chance`)."""
+    metrics = [r["splits"][split] for r in rows]
+    k, n = sum(round(m["accuracy"] * m["n"]) for m in metrics), sum(m["n"] for m in metrics)
+    chance = sum(m["chance_accuracy"] * m["n"] for m in metrics) / n
+    seen = sum(r["splits"]["reverse_seen"]["accuracy"] for r in rows) / len(rows)
+    finding, evidence = proportion_finding(k, n, chance, seen)
+    among_k = sum(round(m["held_out_answers"]["accuracy"] * m["n"]) for m in metrics)
+    rank_p = [m["tests"]["rank_below_chance_p"] for m in metrics]
+    logprob_p = [m["tests"]["logprob_below_chance_p"] for m in metrics]
+
+    def exact(hits: int) -> str:
+        e = clopper_pearson(hits, n)
+        return f"{hits}/{n} = {100 * e.mean:.1f} % [{100 * e.low:.1f}, {100 * e.high:.1f}]"
+
+    return {"k": k, "n": n, "accuracy": exact(k), "finding": finding, "evidence": evidence,
+            "among_k": among_k, "among": exact(among_k),
+            "among_chance": sum(m["held_out_answers"]["chance_accuracy"] for m in metrics) / len(metrics),
+            "rank_below": sum(p < 0.05 for p in rank_p), "rank_p": ", ".join(f"{p:.2g}" for p in rank_p),
+            "logprob_below": sum(p < 0.05 for p in logprob_p), "logprob_p": ", ".join(f"{p:.2g}" for p in logprob_p)}
 
 
 def main() -> None:
@@ -31,20 +59,21 @@ def main() -> None:
     study = Study("seed_experiment", "Seed experiment: the reversal curse over seeds", args)
     n_pairs = args.n_pairs or study.size(200, 40)
 
+    grid = [(variant, seed) for variant in VARIANTS for seed in study.seeds]
+    run_dirs = study.train_all([study.spec(f"{variant}-seed{seed}",
+                                           seed_experiment(n_pairs, held_out_direction=variant, seed=seed), seed)
+                                for variant, seed in grid])
     per_seed: dict[str, list[dict]] = {v: [] for v in VARIANTS}
     behaviours: dict[str, list] = {v: [] for v in VARIANTS}
-    for variant in VARIANTS:
-        for seed in study.seeds:
-            facts = seed_experiment(n_pairs, held_out_direction=variant, seed=seed)
-            run_dir = study.train(f"{variant}-seed{seed}", facts, seed)
-            run = load_run(run_dir)
-            behaviour = evaluate(run.model, run.facts)
-            behaviours[variant].append(behaviour)
-            per_seed[variant].append(dict(seed=seed, run=study.run_log[-1], splits=behaviour.to_dict()["splits"]))
-            if variant == "random" and seed == study.seeds[0]:
-                study.figure(behaviour.plot(), "behaviour_seed0",
-                             f"Seed {seed}, held-out direction random: accuracy per split with 95 % intervals over "
-                             "examples; markers: chance 1/M.")
+    for (variant, seed), run_dir, log in zip(grid, run_dirs, study.run_log[-len(grid):]):
+        run = load_run(run_dir)
+        behaviour = evaluate(run.model, run.facts)
+        behaviours[variant].append(behaviour)
+        per_seed[variant].append(dict(seed=seed, run=log, splits=behaviour.to_dict()["splits"]))
+        if variant == "random" and seed == study.seeds[0]:
+            study.figure(behaviour.plot(), "behaviour_seed0",
+                         f"Seed {seed}, held-out direction random: accuracy per split with exact 95 % intervals over "
+                         "examples; markers: chance 1/M.")
 
     aggregates = {}
     for variant in VARIANTS:
@@ -53,6 +82,8 @@ def main() -> None:
             "splits": splits,
             "steps": ci([s["run"]["steps"] for s in per_seed[variant]]),
             "all_fitted": all(s["run"]["fitted"] for s in per_seed[variant]),
+            "held_out": {split: pooled_held_out(per_seed[variant], split) for split, v in splits.items()
+                         if not v["trained"]},
         }
 
     # figures: accuracy and candidate log-probability per split, both variants, intervals over seeds
@@ -74,7 +105,7 @@ def main() -> None:
         fig.update_layout(title=f"{title}: mean over {len(study.seeds)} seeds, 95 % CI over seeds "
                                 f"(dotted: {reference.replace('_', ' ')} {ref:.3g})",
                           yaxis_title=metric)
-        study.figure(fig, name, f"{title} per split, mean over seeds with 95 % bootstrap intervals over seeds, both "
+        study.figure(fig, name, f"{title} per split, mean over seeds with 95 % t intervals over seeds, both "
                                 f"held-out-direction variants; the dotted line is the {reference.replace('_', ' ')}.")
 
     # summary
@@ -103,15 +134,16 @@ def main() -> None:
         for split, v in splits.items():
             if v["trained"]:
                 continue
+            h = aggregates[variant]["held_out"][split]
             findings.append(
-                f"`{variant}`, held-out `{split}`: accuracy {est(v['accuracy'], percent=True)} is "
-                f"{versus(v['accuracy'], v['chance_accuracy'])} chance ({100 * v['chance_accuracy']:.2f} %); mean "
-                f"rank {est(v['mean_rank'])} is {rank_versus(v['mean_rank'], v['chance_mean_rank'])} the chance "
-                f"rank {v['chance_mean_rank']:.1f}; log p among candidates {est(v['logprob_candidates'])} is "
-                f"{versus(v['logprob_candidates'], v['uniform_logprob_candidates'])} the uniform "
-                f"{v['uniform_logprob_candidates']:.2f}"
-                + (" (the held-out answers are pushed below uniform: never trained as answers of this relation)."
-                   if v["logprob_candidates"].high < v["uniform_logprob_candidates"] else "."))
+                f"`{variant}`, held-out `{split}`: accuracy pooled over seeds {h['accuracy']} against chance "
+                f"{100 * v['chance_accuracy']:.2f} % (behaviour line: {h['finding']}: {h['evidence']}); among the "
+                f"held-out answers only {h['among']} against chance {100 * h['among_chance']:.1f} %; mean rank "
+                f"{est(v['mean_rank'])} against the chance rank {v['chance_mean_rank']:.1f}, worse than chance "
+                f"(p < 0.05) in {h['rank_below']} of {len(study.seeds)} seeds (one-sided p per seed: {h['rank_p']}); "
+                f"log p among candidates {est(v['logprob_candidates'])} against the uniform "
+                f"{v['uniform_logprob_candidates']:.2f}, below it in {h['logprob_below']} of {len(study.seeds)} seeds "
+                f"(one-sided p per seed: {h['logprob_p']}).")
     config = dict(generator="seed_experiment", n_pairs=n_pairs, both_fraction=0.7, held_out_direction=list(VARIANTS),
                   model=study.model_config(0), training=study.training_config(0))
     study.finish(config=config, per_seed=per_seed, aggregates=aggregates, results_table=table, findings=findings)
