@@ -387,3 +387,33 @@ def statements_by_question(facts):
     for s in facts.statements:
         by_question.setdefault((s.subject, s.relation), []).append(s)
     return by_question
+
+
+def test_descriptions_that_all_start_alike_give_prompt_pairs_that_patching_runs_on():
+    import torch
+
+    from revinterp.analysis.patching import patch_sweep
+    from revinterp.analysis.prompts import make_prompt_pairs
+    from revinterp.data import description_like
+    from revinterp.models import MODEL_PRESETS, build_model, config_for_data, tokenizer_for
+
+    facts = description_like(12, first_word="the", seed=0)
+    assert all(s.object.split()[0] == "the" for s in facts.split("forward_seen"))
+    tok = tokenizer_for(facts)
+    pairs = make_prompt_pairs(facts, "forward_seen", tok)
+    # the answers part after their common first word: 'the' is fed, the next tokens are compared
+    assert pairs.answer_offset == 1 and pairs.labels[-1] == "the" and len(pairs) >= 2
+    assert (pairs.clean_answer != pairs.corrupted_answer).all()
+    for s, c, answer, corrupted in zip(pairs.statements, pairs.corrupted_statements, pairs.clean_answer.tolist(),
+                                       pairs.corrupted_answer.tolist()):
+        assert tok.convert_ids_to_tokens(answer) == s.object.split()[1]
+        assert tok.convert_ids_to_tokens(corrupted) == c.object.split()[1]
+    torch.manual_seed(0)
+    model = build_model(config_for_data(MODEL_PRESETS["tiny"], facts, tok), tok, device="cpu").eval()
+    effects = patch_sweep(model, pairs, "resid_pre")
+    with torch.no_grad():
+        logits = model(pairs.clean)[:, -1]
+    direct = logits.gather(1, pairs.clean_answer[:, None])[:, 0] - logits.gather(1, pairs.corrupted_answer[:, None])[:, 0]
+    assert torch.allclose(effects.clean, direct, atol=1e-5)  # the clean baseline is the first differing token's
+    reference = patch_sweep(model, pairs, "resid_pre", method="transformer_lens")
+    assert torch.allclose(effects.values, reference.values, atol=1e-5)
