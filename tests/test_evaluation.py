@@ -117,7 +117,8 @@ class PlantedRecall(torch.nn.Module):
     def __init__(self, d_vocab, answers: dict[tuple[int, ...], list[int]]):
         super().__init__()
         self.d_vocab, self.bias = d_vocab, torch.nn.Parameter(torch.zeros(()))
-        self.next = {(*prompt, *answer[:k]): answer[k] for prompt, answer in answers.items() for k in range(len(answer))}
+        self.next = {(*prompt, *answer[:k]): answer[k]
+                     for prompt, answer in answers.items() for k in range(len(answer))}
 
     def forward(self, tokens):
         logits = torch.zeros(*tokens.shape, self.d_vocab) + self.bias
@@ -201,9 +202,17 @@ def test_over_seeds_gives_every_seed_and_a_t_interval(tiny_run):
     acc = summary["accuracy"]
     values = [k / sb.n for k in (0, 2, 3)]
     assert acc.values == tuple(values) and acc.n == 3 and acc.method == "student_t_over_seeds"
-    low, high = t.interval(0.95, 2, loc=sum(values) / 3, scale=torch.tensor(values, dtype=torch.float64).std().item() / 3 ** 0.5)
+    sd = torch.tensor(values, dtype=torch.float64).std().item()
+    low, high = t.interval(0.95, 2, loc=sum(values) / 3, scale=sd / 3 ** 0.5)
     assert math.isclose(acc.low, low) and math.isclose(acc.high, high)
     assert acc.to_dict()["values"] == values and acc.to_dict()["method"] == "student_t_over_seeds"
     assert summary["held_out_answers.n_candidates"].low == summary["held_out_answers.n_candidates"].mean  # sd 0
     one = over_seeds(behaviours[:1], ["accuracy"])["reverse_held_out"]["accuracy"]
     assert math.isnan(one.low) and one.to_dict()["ci_low"] is None  # one seed: no interval
+
+
+def test_progress_bar_only_when_asked(tiny_run, capsys):
+    evaluate(tiny_run, splits=["forward_seen"])
+    assert capsys.readouterr().err == ""
+    evaluate(tiny_run, splits=["forward_seen"], progress=True)
+    assert "evaluating" in capsys.readouterr().err

@@ -174,11 +174,13 @@ def make_prompt_pairs(
 
     Statements are grouped by relation and prompt length; within a group each statement is paired
     with another one by a random cyclic shift, so every subject is corrupted by a different subject
-    of the same split. A pair is compared at the first token where the two answers differ (see the module
-    docstring), after their common first tokens. Left out, and counted in :attr:`PromptPairs.left_out`:
+    of the same split (when the shifted partner's answer is also valid for the clean prompt, or the other way
+    round, the next one in the shifted order that is not). A pair is compared at the first token where the two
+    answers differ (see the module docstring), after their common first tokens. Left out, and counted in
+    :attr:`PromptPairs.left_out`:
 
-    - ``answer_also_valid``: the corrupted answer is a valid answer of the clean prompt, or the clean answer one of
-      the corrupted prompt (:meth:`FactSet.answers`);
+    - ``answer_also_valid``: every partner's answer is a valid answer of the clean prompt, or the clean answer one
+      of the partner's prompt (:meth:`FactSet.answers`; siblings share their parents);
     - ``no_differing_token``: one answer is the other, or its start;
     - ``other_length``: all pairs need one input length (prompt plus fed answer tokens) for positions to line up,
       so the pairs of the most common length are kept (of those within ``max_length``);
@@ -216,22 +218,29 @@ def make_prompt_pairs(
             f"split {split!r}: no two statements share a relation and the prompt length {length} "
             f"(lengths: {dict(sorted(counts.items()))}); expected at least one such pair to corrupt a subject"
         )
+    def also_valid(i: int, j: int) -> bool:
+        si, sj = statements[i], statements[j]
+        return sj.object in facts.answers(si.subject, si.relation) or si.object in facts.answers(sj.subject,
+                                                                                                   sj.relation)
+
     rng = random.Random(seed)
-    candidates = []
+    candidates, left_out = [], Counter()
     for rows in pairable:
         order = rows[:]
         rng.shuffle(order)
         shift = rng.randrange(1, len(order))
-        candidates += [(i, order[(k + shift) % len(order)]) for k, i in enumerate(order)]
+        for k, i in enumerate(order):
+            # the partner a cyclic shift gives, or the next one after it whose answer is not valid for i's prompt
+            partners = (order[(k + shift + t) % len(order)] for t in range(len(order)))
+            j = next((j for j in partners if j != i and not also_valid(i, j)), None)
+            if j is None:
+                left_out["answer_also_valid"] += 1
+            else:
+                candidates.append((i, j))
     answers = [encoded.tokens[i, length:length + int(encoded.answer_lengths[i])].tolist()
                for i in range(len(statements))]
-    left_out = Counter()
     by_offset: dict[int, list[tuple[int, int]]] = {}
     for i, j in candidates:
-        si, sj = statements[i], statements[j]
-        if sj.object in facts.answers(si.subject, si.relation) or si.object in facts.answers(sj.subject, sj.relation):
-            left_out["answer_also_valid"] += 1
-            continue
         offset = common_prefix_length(answers[i], answers[j])
         if offset == min(len(answers[i]), len(answers[j])):
             left_out["no_differing_token"] += 1
