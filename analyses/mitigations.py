@@ -14,7 +14,10 @@ preset:
   without early stopping (the default training stops as soon as it is fitted, long before weight decay can act);
   the held-out accuracy is also read at the first fitted evaluation from the run's history.
 
-Held-out reverse accuracy among the M candidates, with 95 % intervals over seeds. For every variant, on the held-out
+Held-out reverse accuracy among the M candidates pooled over seeds (k of n, Clopper-Pearson) with the behaviour
+line's finding (``revinterp.analysis.verdict.proportion_finding``: present, absent or undetermined against chance),
+among the held-out answers only, and the mean over seeds with Student's t interval. Runs are trained through the
+shared run store on Ray (``Study.train_all``). For every variant, on the held-out
 reverse prompts: a full denoising patching sweep (which layer, position and head restores the answer),
 ``localize(target=0.8)``, and each head's OV effective-weight map (``path="ov"``, scales and attention measured on
 the prompts); these say where the reverse path is for the variants whose held-out accuracy rises above chance.
@@ -26,22 +29,29 @@ from collections import Counter
 
 import plotly.graph_objects as go
 import torch
-from common import Study, ci, est, head_heatmap, parser, rank_versus, table, versus
+from common import Study, ci, est, head_heatmap, parser, rank_versus, table
 
 from revinterp.analysis.dynamics import behaviour_dynamics
 from revinterp.analysis.localize import localize
 from revinterp.analysis.patching import patch_sweeps
 from revinterp.analysis.prompts import make_prompt_pairs
 from revinterp.analysis.sites import SWEEP_COMPONENTS
+from revinterp.analysis.verdict import proportion_finding
 from revinterp.analysis.weights import effective_weights
 from revinterp.data import MITIGATIONS, apply_mitigation, seed_experiment
 from revinterp.evaluation import evaluate
 from revinterp.models import load_run
-from revinterp.stats import bootstrap_ci, error_bars
+from revinterp.stats import bootstrap_ci, clopper_pearson, error_bars
 from revinterp.training import read_history
 
 HELD, SEEN = "reverse_held_out", "reverse_seen"
 WEIGHT_DECAYS = (0.0, 0.01, 0.1, 1.0)
+
+
+def exact(k: int, n: int) -> str:
+    """``k/n = x % [low, high]`` with the Clopper-Pearson interval."""
+    e = clopper_pearson(k, n)
+    return f"{k}/{n} = {100 * e.mean:.1f} % [{100 * e.low:.1f}, {100 * e.high:.1f}]"
 
 
 def reverse_path(model, facts, tokenizer, target: float = 0.8) -> dict:
@@ -79,6 +89,7 @@ def main() -> None:
     per_seed: dict[str, list[dict]] = {v: [] for v in variants}
     wd_curves: dict[str, list] = {}
     augmented: list[dict[str, list[str]]] = []  # per seed: the augmented statements' text of each mitigation
+    runs, specs = [], []
     for seed in study.seeds:
         base = seed_experiment(n_pairs, held_out_direction="forward", seed=seed)
         augmented.append({m: [f.text(s) for s in f.split("augmented")]
@@ -91,39 +102,50 @@ def main() -> None:
             elif variant.startswith("weight_decay="):
                 wd = float(variant.split("=")[1])
                 overrides = dict(weight_decay=wd, early_stop=False, max_steps=wd_steps)
-            run_dir = study.train(f"{variant}-seed{seed}", facts, seed, **overrides)
-            run = load_run(run_dir)
-            behaviour = evaluate(run.model, run.facts)
-            record = dict(seed=seed, run=study.run_log[-1], behaviour={s: behaviour[s].metrics() for s in (SEEN, HELD)},
-                          trained_accuracy=min(behaviour[s].metrics()["accuracy"] for s in behaviour.splits
-                                               if behaviour[s].trained))
-            if variant.startswith("weight_decay="):
-                history = behaviour_dynamics(run_dir, "accuracy")
-                wd_curves.setdefault(variant, []).append(history)
-                fitted_at = next((h for h in read_history(run_dir) if h["fitted"]), None)
-                record["first_fitted"] = None if fitted_at is None else dict(
-                    step=fitted_at["step"], held_out_greedy_accuracy=fitted_at["splits"][HELD]["accuracy"])
-                record["final_held_out_greedy_accuracy"] = float(history.values[HELD][-1])
-            path = reverse_path(run.model, run.facts, run.tokenizer)
-            sweeps = path.pop("sweeps")
-            record["path"] = path
-            per_seed[variant].append(record)
-            if seed == study.seeds[0] and variant in ("reverse_entity", "identity_bridge"):
-                study.figure(head_heatmap(sweeps["head_out_by_pos"], f"{variant}: head outputs patched on held-out "
-                                                                     "reverse prompts"),
-                             f"{variant}_heads_held_out_seed{seed}",
-                             f"{variant}, seed {seed}: denoising patching of each head's output at each position on "
-                             "held-out reverse prompts (normalized; 0 corrupted, 1 clean).", width=12)
-                study.figure(sweeps["resid_pre"].plot(), f"{variant}_resid_held_out_seed{seed}",
-                             f"{variant}, seed {seed}: denoising patching of the residual stream on held-out reverse "
-                             "prompts.")
+            runs.append((seed, variant))
+            specs.append(study.spec(f"{variant}-seed{seed}", facts, seed, **overrides))
+    run_dirs = study.train_all(specs)
+    for (seed, variant), run_dir, log in zip(runs, run_dirs, study.run_log[-len(runs):]):
+        run = load_run(run_dir)
+        behaviour = evaluate(run.model, run.facts)
+        record = dict(seed=seed, run=log, behaviour={s: behaviour[s].metrics() for s in (SEEN, HELD)},
+                      trained_accuracy=min(behaviour[s].metrics()["accuracy"] for s in behaviour.splits
+                                           if behaviour[s].trained))
+        if variant.startswith("weight_decay="):
+            history = behaviour_dynamics(run_dir, "accuracy")
+            wd_curves.setdefault(variant, []).append(history)
+            fitted_at = next((h for h in read_history(run_dir) if h["fitted"]), None)
+            record["first_fitted"] = None if fitted_at is None else dict(
+                step=fitted_at["step"], held_out_greedy_accuracy=fitted_at["splits"][HELD]["accuracy"])
+            record["final_held_out_greedy_accuracy"] = float(history.values[HELD][-1])
+        path = reverse_path(run.model, run.facts, run.tokenizer)
+        sweeps = path.pop("sweeps")
+        record["path"] = path
+        per_seed[variant].append(record)
+        if seed == study.seeds[0] and variant in ("reverse_entity", "identity_bridge"):
+            study.figure(head_heatmap(sweeps["head_out_by_pos"], f"{variant}: head outputs patched on held-out "
+                                                                 "reverse prompts"),
+                         f"{variant}_heads_held_out_seed{seed}",
+                         f"{variant}, seed {seed}: denoising patching of each head's output at each position on "
+                         "held-out reverse prompts (normalized; 0 corrupted, 1 clean).", width=12)
+            study.figure(sweeps["resid_pre"].plot(), f"{variant}_resid_held_out_seed{seed}",
+                         f"{variant}, seed {seed}: denoising patching of the residual stream on held-out reverse "
+                         "prompts.")
 
     aggregates = {}
     for variant, rows in per_seed.items():
         chance = sum(r["behaviour"][HELD]["chance_accuracy"] for r in rows) / len(rows)
         acc = ci([r["behaviour"][HELD]["accuracy"] for r in rows])
+        held = [r["behaviour"][HELD] for r in rows]
+        k, n = sum(round(m["accuracy"] * m["n"]) for m in held), sum(m["n"] for m in held)
+        among_k = sum(round(m["held_out_answers"]["accuracy"] * m["n"]) for m in held)
+        finding, evidence = proportion_finding(k, n, chance, sum(r["behaviour"][SEEN]["accuracy"] for r in rows)
+                                               / len(rows))
         agg = dict(
-            held_out_accuracy=acc, chance=chance, above_chance=versus(acc, chance) == "above",
+            held_out_accuracy=acc, chance=chance, above_chance=finding == "present",
+            pooled=dict(k=k, n=n, exact=exact(k, n), finding=finding, evidence=evidence),
+            among_held_out_answers=dict(k=among_k, n=n, exact=exact(among_k, n),
+                                        chance=sum(m["held_out_answers"]["chance_accuracy"] for m in held) / len(held)),
             held_out_rank=ci([r["behaviour"][HELD]["mean_rank"] for r in rows]),
             chance_rank=rows[0]["behaviour"][HELD]["chance_mean_rank"],
             seen_accuracy=ci([r["behaviour"][SEEN]["accuracy"] for r in rows]),
@@ -195,10 +217,13 @@ def main() -> None:
     rows = []
     for v in variants:
         a = aggregates[v]
-        rows.append([v, est(a["held_out_accuracy"], percent=True), f"{100 * a['chance']:.2f} %",
+        among = a["among_held_out_answers"]
+        rows.append([v, a["pooled"]["exact"], a["pooled"]["finding"], est(a["held_out_accuracy"], percent=True),
+                     f"{100 * a['chance']:.2f} %", f"{among['exact']} (chance {100 * among['chance']:.1f} %)",
                      est(a["held_out_rank"]), est(a["seen_accuracy"], percent=True),
                      est(a["trained_accuracy"], percent=True), a["all_fitted"], est(a["steps"])])
-    results_table = table(["variant", "held-out reverse accuracy [95 % CI over seeds]", "chance", "mean rank",
+    results_table = table(["variant", "held-out reverse accuracy pooled k/n [Clopper-Pearson]", "behaviour line",
+                           "mean over seeds [t]", "chance", "among held-out answers only", "mean rank",
                            "seen reverse accuracy", "worst trained split", "all fitted", "steps"], rows)
     wd_rows = [[v, aggregates[v]["fitted_seeds"], est(aggregates[v]["first_fit_step"]),
                 est(aggregates[v]["held_out_greedy_at_first_fit"], percent=True),
@@ -228,12 +253,14 @@ def main() -> None:
          for v in variants])
 
     none = aggregates["none"]
-    findings = [f"Without mitigation, held-out reverse accuracy is {est(none['held_out_accuracy'], percent=True)} "
-                f"({versus(none['held_out_accuracy'], none['chance'])} chance {100 * none['chance']:.2f} %)."]
+    findings = [f"Without mitigation, held-out reverse accuracy pooled over seeds is {none['pooled']['exact']} "
+                f"against chance {100 * none['chance']:.2f} % (behaviour line: {none['pooled']['finding']}: "
+                f"{none['pooled']['evidence']})."]
     for v in variants[1:]:
         a = aggregates[v]
-        text = (f"`{v}`: held-out reverse accuracy {est(a['held_out_accuracy'], percent=True)}, "
-                f"{versus(a['held_out_accuracy'], a['chance'])} chance; mean rank {est(a['held_out_rank'])} "
+        text = (f"`{v}`: held-out reverse accuracy pooled {a['pooled']['exact']} (behaviour line: "
+                f"{a['pooled']['finding']}); among the held-out answers only {a['among_held_out_answers']['exact']}; "
+                f"mean rank {est(a['held_out_rank'])} "
                 f"({rank_versus(a['held_out_rank'], a['chance_rank'])} chance); trained splits at least "
                 f"{est(a['trained_accuracy'], percent=True)}, all fitted: {a['all_fitted']}.")
         if a["above_chance"]:
