@@ -142,7 +142,7 @@ print(lexical_overlap(behaviour).summary())
 # splits.
 
 # %%
-from revinterp.data.facts import FACT_SPLITS
+from revinterp.data import FACT_SPLITS
 
 named = {splits: name for name, splits in FACT_SPLITS.items()}
 by_fact = {}

@@ -9,6 +9,7 @@ from revinterp.data.facts import (
     CHAIN_COMPOSED_SEEN,
     CHAIN_FIRST_HOP,
     CHAIN_SECOND_HOP,
+    FACT_SPLITS,
     FORWARD_HELD_OUT,
     FORWARD_ONLY,
     FORWARD_SEEN,
@@ -39,7 +40,7 @@ from revinterp.data.tokenizer import UnknownWordError, build_tokenizer, load_tok
 
 __all__ = [
     "ATTRIBUTE", "AUGMENTED", "MITIGATIONS", "apply_mitigation", "knowledge_graph", "with_attributes",
-    "CHAIN_COMPOSED_HELD_OUT", "CHAIN_COMPOSED_SEEN", "CHAIN_FIRST_HOP", "CHAIN_SECOND_HOP",
+    "CHAIN_COMPOSED_HELD_OUT", "CHAIN_COMPOSED_SEEN", "CHAIN_FIRST_HOP", "CHAIN_SECOND_HOP", "FACT_SPLITS",
     "FORWARD_HELD_OUT", "FORWARD_ONLY", "FORWARD_SEEN", "HELD_OUT_DIRECTIONS", "REVERSE_HELD_OUT",
     "REVERSE_ONLY", "REVERSE_SEEN", "SPLITS", "EncodedStatements", "FactFileError", "FactSet",
     "Relation", "Statement", "UnknownWordError", "build_tokenizer", "celebrity_like", "chain_experiment",
