@@ -417,3 +417,50 @@ def test_descriptions_that_all_start_alike_give_prompt_pairs_that_patching_runs_
     assert torch.allclose(effects.clean, direct, atol=1e-5)  # the clean baseline is the first differing token's
     reference = patch_sweep(model, pairs, "resid_pre", method="transformer_lens")
     assert torch.allclose(effects.values, reference.values, atol=1e-5)
+
+
+def test_celebrity_like_families():
+    from revinterp.data import celebrity_like
+
+    facts = celebrity_like(10, children_per_parent=3, shared_surname_fraction=0.4, seed=2)
+    assert facts.to_manifest() == celebrity_like(10, children_per_parent=3, shared_surname_fraction=0.4,
+                                                 seed=2).to_manifest()
+    forward = [s for s in facts.statements if s.direction == "forward"]
+    children = {s.object for s in forward}
+    parents = {s.subject for s in forward}
+    assert len(children) == 30 and len(parents) == 20 and not children & parents
+    assert all(len(facts.answers(c, "child_of")) == 2 for c in children)  # two parents per child
+    assert all(len(facts.answers(p, "parent_of")) == 3 for p in parents)  # three children per parent
+    assert all(len(name.split()) >= 2 for name in children | parents)  # names of several words
+    shared = facts.source["shared_surname_children"]
+    assert len(shared) == 12  # 40 % of 30, exactly
+    for c in children:  # a child shares a token with exactly one parent (the father) iff it carries his surname
+        sharing = [p for p in facts.answers(c, "child_of") if set(p.split()) & set(c.split())]
+        assert len(sharing) == (c in shared)
+    labelled = celebrity_like(4, relations="mother_father", seed=2)
+    assert set(labelled.relations) == {"mother_of", "has_mother", "father_of", "has_father"}
+    assert labelled.many_answer_relations == ["father_of", "mother_of"]
+    with pytest.raises(ValueError, match=r"relations='aunt': expected one of \('parent', 'mother_father'\)"):
+        celebrity_like(4, relations="aunt")
+
+
+def test_prompt_pairs_never_corrupt_with_a_valid_answer_and_respect_the_context():
+    from revinterp.analysis.prompts import make_prompt_pairs
+    from revinterp.data import celebrity_like, description_like
+    from revinterp.models import tokenizer_for
+
+    facts = celebrity_like(10, children_per_parent=2, seed=0)
+    tok = tokenizer_for(facts)
+    for split in ("forward_seen", "reverse_seen"):
+        lengths = Counter(len(facts.prompt_words(s)) + 1 for s in facts.split(split))
+        pairs = make_prompt_pairs(facts, split, tok, prompt_length=max(lengths, key=lengths.get))
+        assert len(pairs) >= 4
+        for s, c in zip(pairs.statements, pairs.corrupted_statements):
+            assert c.object not in facts.answers(s.subject, s.relation)  # siblings' parents are never the swap
+            assert s.object not in facts.answers(c.subject, c.relation)
+    descriptions = description_like(12, seed=0)
+    tok = tokenizer_for(descriptions)
+    fitting = make_prompt_pairs(descriptions, "forward_seen", tok, max_length=5)  # <bos> Given Surname rel 'the'
+    assert fitting.clean.shape[1] == 5 and fitting.answer_offset == 1
+    with pytest.raises(ValueError, match=r"no usable prompt pair among \d+ candidates \(left out: \{'too_long': \d+"):
+        make_prompt_pairs(descriptions, "forward_seen", tok, max_length=4)
