@@ -738,8 +738,10 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     if num_cpus is not None and (isinstance(num_cpus, bool) or not isinstance(num_cpus, int) or num_cpus < 1):
         raise SweepError(f"num_cpus={num_cpus!r}: expected a whole number of at least 1")
     cpus = num_cpus or os.cpu_count() or 1
+    # Ray runs its workers at niceness 15 by default: on a machine shared with other work the cells then get a few
+    # percent of a core (benchmarks/sweep.py measured 0.25x against one process at load 11); 0 is a fair share.
     ray.init(num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING,
-             object_store_memory=256 * 1024 ** 2)
+             object_store_memory=256 * 1024 ** 2, _system_config={"worker_niceness": 0})
     return True
 
 
