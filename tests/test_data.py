@@ -132,7 +132,8 @@ def test_fact_file_csv_and_jsonl_agree(tmp_path):
     ("subject,relation,object,inverse\na,r,b,q\n ,r,c,q\n", "line 3: empty 'subject'"),
     ("subject,relation,object,inverse\na,r,b,\nc,r,d,q\n", "line 2: empty 'inverse'"),
     ("subject,relation,object,inverse,split\na,r,b,q,both\nb,q,a,r,reverse_held_out\n",
-     r"split 'forward_held_out' here \(the row's 'reverse_held_out', stated through the inverse\) but 'both' on line 2"),
+     r"split 'forward_held_out' here \(the row's 'reverse_held_out', stated through the inverse\) but 'both' on "
+     r"line 2"),
     ("subject,relation,object,inverse,split\na,r,b,q,both\nc,r,d,q,\n", "no split, while line 2"),
     ("subject,relation,object,inverse,split\na,r,b,q,both\nc,r,d,q,half\n", "split 'half'; expected one of"),
     ("subject,relation,object,inverse,split\na,r,b,q,both\na,r,c,q,forward_held_out\n",
@@ -413,7 +414,8 @@ def test_descriptions_that_all_start_alike_give_prompt_pairs_that_patching_runs_
     effects = patch_sweep(model, pairs, "resid_pre")
     with torch.no_grad():
         logits = model(pairs.clean)[:, -1]
-    direct = logits.gather(1, pairs.clean_answer[:, None])[:, 0] - logits.gather(1, pairs.corrupted_answer[:, None])[:, 0]
+    direct = (logits.gather(1, pairs.clean_answer[:, None])[:, 0]
+              - logits.gather(1, pairs.corrupted_answer[:, None])[:, 0])
     assert torch.allclose(effects.clean, direct, atol=1e-5)  # the clean baseline is the first differing token's
     reference = patch_sweep(model, pairs, "resid_pre", method="transformer_lens")
     assert torch.allclose(effects.values, reference.values, atol=1e-5)
