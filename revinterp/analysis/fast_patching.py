@@ -8,6 +8,12 @@ patched layer from the receiving run's cached activations: positions before the 
 cached keys and values, the last layer computes the answer position only and only it is unembedded.
 Sites whose two activations are identical, or that cannot reach the answer position (a causal model's
 last layer reads only the answer's own query), are exactly the unpatched run and are not computed.
+
+The metric reads the answer position's final residual (:class:`AnswerReadout`): the logit difference needs only
+the two answer columns of the unembedding, ``x . (W_U[:, a] - W_U[:, a']) + b_U[a] - b_U[a']``, so a sweep costs
+O(d_model) per site instead of O(d_model x vocabulary); the log-probability's normalizer ``logsumexp(x W_U + b_U)``
+is computed over chunks of vocabulary columns, so memory is O(chunk) whatever the vocabulary (tested equal to the
+full unembedding to 1e-6).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from revinterp.analysis.effects import SiteEffects, receiving_and_source
 from revinterp.analysis.metrics import metric_values
 from revinterp.analysis.prompts import PromptPairs
 from revinterp.analysis.sites import COMPONENTS, site_shape
-from revinterp.evaluation import model_device
+from revinterp.evaluation import LOGIT_ELEMENTS, model_device
 
 # Order of the activations inside a block; the fast forward enters a block at its site's stage.
 _STAGE_ORDER = {
@@ -60,20 +66,21 @@ def fast_sweeps(
 
         bar = tqdm(total=sum(map(len, sites.values())) * -(-n // batch_size), desc="patching", unit="site",
                    leave=False)
+    readout = AnswerReadout(model)
     for start in range(0, n, batch_size):
         rows = slice(start, min(start + batch_size, n))
         ca, cb = pairs.clean_answer[rows], pairs.corrupted_answer[rows]
         tail = _TailForward(model, receiving[rows], source[rows])
-        base = metric_values(metric, tail.receiving_logits, ca, cb)
+        base = readout(metric, tail.receiving_final, ca, cb)
         unpatched[rows] = base
-        from_source[rows] = metric_values(metric, tail.source_logits, ca, cb)
+        from_source[rows] = readout(metric, tail.source_final, ca, cb)
         for c in components:
             spec = COMPONENTS[c]
             for s, index in enumerate(sites[c]):
                 named = dict(zip(spec.axes, index))
                 positions = (named["pos"],) if "pos" in named else tuple(range(n_pos))
-                logits = tail.patched_logits(spec.stage, named["layer"], positions, named.get("head"), skip_trivial)
-                values[c][s, rows] = base if logits is None else metric_values(metric, logits, ca, cb)
+                final = tail.patched_final(spec.stage, named["layer"], positions, named.get("head"), skip_trivial)
+                values[c][s, rows] = base if final is None else readout(metric, final, ca, cb)
                 if bar is not None:
                     bar.update(1)
     if bar is not None:
@@ -86,6 +93,39 @@ def fast_sweeps(
         )
         for c in components
     }
+
+
+class AnswerReadout:
+    """A patching metric from the answer position's final residual ``x`` (after the final norm), without the full
+    unembedding: ``logit_diff`` from the two answer columns, ``logprob`` as the answer's logit minus
+    ``logsumexp(x W_U + b_U)`` over chunks of ``columns`` vocabulary columns (default: as many as keep
+    rows x columns within :data:`revinterp.evaluation.LOGIT_ELEMENTS`)."""
+
+    def __init__(self, model, columns: int | None = None):
+        self.W_U, self.b_U = model.W_U.detach(), model.b_U.detach()
+        self.columns = columns
+
+    def answer_logits(self, final: Float[Tensor, "batch d_model"], answer: Tensor) -> Float[Tensor, " batch"]:
+        return (final * self.W_U[:, answer].T).sum(-1) + self.b_U[answer]
+
+    def normalizer(self, final: Float[Tensor, "batch d_model"]) -> Float[Tensor, " batch"]:
+        """``logsumexp`` over the vocabulary of ``x W_U + b_U``, one chunk of columns at a time."""
+        vocab = self.W_U.shape[1]
+        step = self.columns or max(1, LOGIT_ELEMENTS // max(1, len(final)))
+        total = None
+        for start in range(0, vocab, step):
+            chunk = torch.logsumexp(final @ self.W_U[:, start:start + step] + self.b_U[start:start + step], -1)
+            total = chunk if total is None else torch.logaddexp(total, chunk)
+        return total
+
+    def __call__(self, metric: str, final: Float[Tensor, "batch d_model"], clean_answer: Tensor,
+                 corrupted_answer: Tensor) -> Float[Tensor, " batch"]:
+        if metric == "logit_diff":
+            direction = self.W_U[:, clean_answer] - self.W_U[:, corrupted_answer]
+            return (final * direction.T).sum(-1) + self.b_U[clean_answer] - self.b_U[corrupted_answer]
+        if metric == "logprob":
+            return self.answer_logits(final, clean_answer) - self.normalizer(final)
+        return metric_values(metric, final, clean_answer, corrupted_answer)  # its clear error for a bad name
 
 
 def check_fast_supported(model) -> None:
@@ -106,7 +146,7 @@ def check_fast_supported(model) -> None:
 
 
 class _TailForward:
-    """Forward passes that start at a patched site and end at the answer position's logits.
+    """Forward passes that start at a patched site and end at the answer position's final residual.
 
     Holds the receiving run's activations (the run that is patched) and the source run's (where
     the patched values come from). A patch at layer ``l`` and first position ``p0`` leaves every
@@ -132,14 +172,15 @@ class _TailForward:
         self.scale = attn.scale
         self.rotary = attn.rotary
         self.mask = attn.causal_mask[: self.n_pos, : self.n_pos]
-        self.receiving_logits, self.receiving = self._record(receiving)
-        self.source_logits, self.source = self._record(source)
+        self.receiving_final, self.receiving = self._record(receiving)
+        self.source_final, self.source = self._record(source)
         # keys as the attention reads them (after the rotary map, if any)
         self.keys = [self._rope(k, list(range(self.n_pos))) for k in self.receiving["k"]]
         self._changed: dict[tuple[str, int], Tensor] = {}
 
     def _record(self, tokens: Tensor) -> tuple[Tensor, dict[str, list[Tensor]]]:
-        """Last-position logits and every activation of an unpatched run, ``acts[stage][layer]``."""
+        """The last position's final residual (after the final norm) and every activation of an unpatched run,
+        ``acts[stage][layer]``."""
         x = self.model(tokens, stop_at_layer=0)  # embeddings: resid_pre of block 0
         n = x.shape[0]
         rows = list(range(self.n_pos))
@@ -166,8 +207,7 @@ class _TailForward:
                 acts["mlp_out"].append(mlp_out)
                 x = mid + mlp_out
             acts["resid_post"].append(x)
-        logits = self.model.unembed(self.model.ln_final(x[:, -1:].contiguous()))[:, -1].contiguous()
-        return logits, acts
+        return self.model.ln_final(x[:, -1:].contiguous())[:, -1].contiguous(), acts
 
     # which positions (and heads) a patch changes at all
     def changed(self, stage: str, layer: int) -> Bool[Tensor, " pos *head"]:
@@ -183,11 +223,11 @@ class _TailForward:
             self._changed[key] = mask.cpu()
         return self._changed[key]
 
-    def patched_logits(
+    def patched_final(
         self, stage: str, layer: int, positions: tuple[int, ...], head: int | None, skip_trivial: bool
-    ) -> Float[Tensor, "batch d_vocab"] | None:
-        """Answer-position logits with ``stage`` at ``layer`` patched from the source run at
-        ``positions`` (and ``head``); ``None`` when the patch leaves the answer exactly unpatched."""
+    ) -> Float[Tensor, "batch d_model"] | None:
+        """The answer position's final residual (after the final norm) with ``stage`` at ``layer`` patched from the
+        source run at ``positions`` (and ``head``); ``None`` when the patch leaves the answer exactly unpatched."""
         if skip_trivial:
             changed = self.changed(stage, layer)
             changed = changed[:, head] if head is not None else changed
@@ -239,7 +279,7 @@ class _TailForward:
         return torch.softmax(scores.masked_fill(mask, float("-inf")), dim=-1).masked_fill(mask, 0.0)
 
     def _forward_from(self, stage: str, layer: int, positions: tuple[int, ...], head: int | None) -> Tensor:
-        """Answer logits with the patch applied: blocks ``layer..L-1`` on positions ``p0..answer``.
+        """The answer's final residual with the patch applied: blocks ``layer..L-1`` on positions ``p0..answer``.
 
         In each block only the rows that can differ are computed: the norm, queries, keys and values
         of the rows whose input differs from the receiving run (``dirty``; the others are cached),
@@ -316,7 +356,7 @@ class _TailForward:
             # the next block's input: computed rows, and the receiving run's block output elsewhere
             x = out if (lo, hi) == (p0, answer + 1) else _splice(rec["resid_post"][li][:, p0:], out, lo - p0)
             dirty = (lo, hi)
-        return self.model.unembed(self.model.ln_final(out))[:, -1].contiguous()
+        return self.model.ln_final(out)[:, -1].contiguous()
 
 
 def _splice(cached: Tensor, new: Tensor, start: int) -> Tensor:
