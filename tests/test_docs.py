@@ -66,7 +66,7 @@ EXPECTED_OUTPUT = {
         r"^reverse_held_out\s+4  no\s+0\.0% \[0\.0, 60\.2\]\s+12\.5%",  # 4 children, 2 parents each
         r"^among the 4 held-out answers: accuracy [\d.]+ \[[\d.]+, [\d.]+\] against chance 0\.50",
         r"'rank_below_chance_p': 0\.0\d+",
-        r"^Lexical overlap in reverse_held_out: \d of 8 held-out questions",
+        r"^Lexical overlap in reverse_held_out: \d of 4 held-out questions",
         r"^same splits: True",
         r"missing column\(s\) \['inverse'\]",
         r"line 3: fact \('Ada Ash', 'parent_of', 'Ben Birch'\) has split 'reverse_held_out' here",

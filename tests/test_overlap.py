@@ -15,12 +15,11 @@ from revinterp.models import MODEL_PRESETS, build_model, config_for_data, tokeni
 from revinterp.stats import clopper_pearson
 
 
-@pytest.fixture(scope="module")
-def celebrity_behaviour():
-    """An untrained tiny model's behaviour on a celebrity-like set with mother/father relations (the counts do not
-    depend on training)."""
-    facts = celebrity_like(6, children_per_parent=2, shared_surname_fraction=0.5, relations="mother_father",
-                           seed=0)
+@pytest.fixture(scope="module", params=["mother_father", "parent"])
+def celebrity_behaviour(request):
+    """An untrained tiny model's behaviour on a celebrity-like set with mother/father relations, or with
+    parent_of/child_of (two answers per child, two per parent); the counts do not depend on training."""
+    facts = celebrity_like(6, children_per_parent=2, shared_surname_fraction=0.5, relations=request.param, seed=0)
     tokenizer = tokenizer_for(facts)
     model = build_model(config_for_data(MODEL_PRESETS["tiny"], facts, tokenizer), tokenizer, device="cpu").eval()
     return facts, evaluate(model, facts, tokenizer=tokenizer)
@@ -30,21 +29,33 @@ def test_shared_tokens():
     s = Statement("Tom Ann Smith", "has_father", "Ann Bo Smith", 0, "forward", "forward_held_out")
     assert shared_tokens(s) == ("Ann", "Smith")
     assert shared_tokens(replace(s, object="Cy Jones")) == ()
+    assert shared_tokens(replace(s, object="Cy Jones"), ["Cy Jones", "Tom Lee"]) == ("Tom",)  # any valid answer
 
 
 def test_overlap_counts_the_planted_shared_surnames_exactly(celebrity_behaviour):
     facts, behaviour = celebrity_behaviour
     shared_children = set(facts.source["shared_surname_children"])
     assert len(shared_children) == 6  # half of the 12 children carry their father's surname
-    held_out = [s for name in behaviour.splits if not behaviour[name].trained for s in behaviour[name].statements]
-    # ground truth from the generator: a child shares a token with its father exactly when it carries his surname,
-    # and never with its mother
-    expected = [s for s in held_out if s.relation in ("father_of", "has_father")
-                and ({s.subject, s.object} & shared_children)]
+    father = {}  # the generator writes each child's facts mother first, father second
+    for s in facts.statements:
+        if s.direction == "forward" and s.fact % 2 == 1:
+            assert s.relation in ("father_of", "parent_of")
+            father.setdefault(s.object, set()).add(s.subject)
+    held_out = {(s.subject, s.relation): s for name in behaviour.splits if not behaviour[name].trained
+                for s in behaviour[name].statements}  # one entry per question
+    # a question has overlap exactly when it relates a shared-surname child and its father, in either direction
+    expected = [q for q, s in held_out.items()
+                if any(c in shared_children and p in father.get(c, ()) for answer in facts.answers(*q)
+                       for c, p in ((s.subject, answer), (answer, s.subject)))]
     overlap = lexical_overlap(behaviour)
     assert overlap.n == len(held_out) > 0 and overlap.n_overlap == len(expected) > 0
-    assert [s for s, shared in zip(overlap.statements, overlap.shared) if shared] == expected
-    assert all(shared == (s.subject.split()[-1],) for s, shared in zip(overlap.statements, overlap.shared) if shared)
+    assert sorted((s.subject, s.relation) for s, shared in zip(overlap.statements, overlap.shared) if shared) \
+        == sorted(expected)
+    for s, shared in zip(overlap.statements, overlap.shared):
+        if shared:  # the shared token is the child's surname, whichever side the child is on
+            child = s.subject if s.subject in shared_children else next(a for a in facts.answers(s.subject, s.relation)
+                                                                        if a in shared_children)
+            assert shared == (child.split()[-1],)
     assert overlap.fraction == clopper_pearson(len(expected), len(held_out))
 
 
@@ -54,7 +65,10 @@ def test_overlap_accuracy_with_and_without_on_planted_hits(celebrity_behaviour):
     _, behaviour = celebrity_behaviour
     planted = {}
     for name, sb in behaviour.splits.items():  # plant: a question is answered exactly when it has overlap
-        hits = torch.tensor([bool(shared_tokens(s)) for s in sb.statements])
+        answers = {}
+        for s in sb.statements:
+            answers.setdefault((s.subject, s.relation), []).append(s.object)
+        hits = torch.tensor([bool(shared_tokens(s, answers[s.subject, s.relation])) for s in sb.statements])
         planted[name] = replace(sb, correct=hits)
     overlap = lexical_overlap(Behaviour(planted))
     k, n = overlap.n_overlap, overlap.n

@@ -125,8 +125,8 @@ print({name: round(p, 4) for name, p in held["tests"].items()})
 #
 # A child who carries a parent's surname shares a token with the answer: a model could pick out the parent by the
 # shared token without any reverse recall (in the published celebrity pairs two thirds of the pairs share a
-# surname). The overlap diagnostic counts the held-out questions with such overlap and compares their accuracy with
-# the others':
+# surname). The overlap diagnostic counts the held-out questions whose subject shares a token with any of their
+# answers and compares their accuracy with the others':
 
 # %%
 from revinterp.analysis.overlap import lexical_overlap

@@ -4,10 +4,14 @@ A held-out reverse question ``Tom Smith child_of ?`` whose answer is ``Mary Smit
 without any reverse recall: the shared token ``Smith`` points at the answers that hold it. In a published list of
 celebrity child-parent pairs 1,042 of 1,513 pairs share a surname, and held-out reverse accuracy reached 7.7 %
 against a chance of 0.07 % (issue 18). This diagnostic says, per held-out question, which tokens its subject
-shares with its answer (the tokenizer is word-level: one word, one token), what fraction of the held-out questions
+shares with its answers (the tokenizer is word-level: one word, one token), what fraction of the held-out questions
 has such overlap, and the held-out accuracy with and without overlap, each with its exact binomial
 (Clopper-Pearson) 95 % interval. A one-sided Fisher exact test (Fisher 1935, the 2x2 table overlap x correct)
 says whether the questions with overlap are answered more often than those without: the lexical shortcut.
+
+A question with several valid answers (a child's two parents) is counted once, with the tokens its subject shares
+with any of them: a child who carries the father's surname can reach either parent through it, and its two
+statements rank alike (:attr:`revinterp.evaluation.SplitBehaviour.question_rows`).
 
 Example:
     >>> from revinterp.analysis.overlap import lexical_overlap
@@ -28,26 +32,30 @@ from revinterp.data import SPLITS, Statement
 from revinterp.stats import Estimate, clopper_pearson
 
 
-def shared_tokens(statement: Statement) -> tuple[str, ...]:
-    """The tokens (words) of the statement's subject that its answer also holds, in the subject's order, once each.
+def shared_tokens(statement: Statement, answers: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The tokens (words) of the statement's subject that its answer, or any of ``answers``, also holds, in the
+    subject's order, once each.
 
     Example:
         >>> shared_tokens(Statement("Tom Smith", "child_of", "Mary Smith", 0, "reverse", "reverse_held_out"))
         ('Smith',)
     """
-    answer = set(statement.object.split())
-    return tuple(dict.fromkeys(w for w in statement.subject.split() if w in answer))
+    words = {w for answer in (answers if answers is not None else [statement.object]) for w in answer.split()}
+    return tuple(dict.fromkeys(w for w in statement.subject.split() if w in words))
 
 
 @dataclass(frozen=True)
 class LexicalOverlap:
-    """Per held-out question: the tokens its subject shares with its answer, and whether the model answered it.
+    """Per held-out question: the tokens its subject shares with its answers, and whether the model answered it.
 
-    ``correct`` is the behaviour's top-1 accuracy among all candidates (:mod:`revinterp.evaluation`).
+    ``statements`` holds one statement per question (its first), ``answers`` every answer of the question in its
+    split; ``correct`` is the behaviour's top-1 hit among all candidates (any valid answer,
+    :mod:`revinterp.evaluation`).
     """
 
     splits: tuple[str, ...]
     statements: tuple[Statement, ...]
+    answers: tuple[tuple[str, ...], ...]
     shared: tuple[tuple[str, ...], ...]
     correct: Bool[Tensor, " n"]
 
@@ -108,14 +116,15 @@ class LexicalOverlap:
             "shortcut_p": self.shortcut_p,
             "shortcut_test": "fisher_exact_one_sided",
             "questions": [
-                {"split": s.split, "subject": s.subject, "relation": s.relation, "answer": s.object,
+                {"split": s.split, "subject": s.subject, "relation": s.relation, "answers": list(answers),
                  "shared": list(shared), "correct": bool(c)}
-                for s, shared, c in zip(self.statements, self.shared, self.correct.tolist()) if shared
+                for s, answers, shared, c in zip(self.statements, self.answers, self.shared, self.correct.tolist())
+                if shared
             ],
         }
 
     def summary(self) -> str:
-        """Three lines: how many held-out questions share a token with their answer, and accuracy with and
+        """Three lines: how many held-out questions share a token with their answers, and accuracy with and
         without."""
 
         def line(label: str, e: Estimate | None) -> str:
@@ -128,7 +137,7 @@ class LexicalOverlap:
         p = self.shortcut_p
         lines = [
             f"Lexical overlap in {', '.join(self.splits)}: {self.n_overlap} of {self.n} held-out questions "
-            f"({100 * f.mean:.1f}% [{100 * f.low:.1f}, {100 * f.high:.1f}]) share a token with their answer",
+            f"({100 * f.mean:.1f}% [{100 * f.low:.1f}, {100 * f.high:.1f}]) share a token with their answers",
             line("accuracy with overlap", self.accuracy(True)),
             line("accuracy without overlap", self.accuracy(False)),
         ]
@@ -157,6 +166,15 @@ def lexical_overlap(behaviour, splits: Sequence[str] | None = None) -> LexicalOv
     if not names:
         raise ValueError(f"no held-out split in the behaviour (evaluated: {list(behaviour.splits)}); expected at "
                          "least one untrained split")
-    statements = tuple(s for n in names for s in behaviour[n].statements)
-    correct = torch.cat([behaviour[n].correct.bool().cpu() for n in names])
-    return LexicalOverlap(tuple(names), statements, tuple(shared_tokens(s) for s in statements), correct)
+    statements, answers, correct = [], [], []
+    for name in names:
+        sb = behaviour[name]
+        by_question: dict[tuple[str, str], list[str]] = {}
+        for s in sb.statements:
+            by_question.setdefault((s.subject, s.relation), []).append(s.object)
+        rows = sb.question_rows.tolist()
+        statements += [sb.statements[i] for i in rows]
+        answers += [tuple(by_question[sb.statements[i].subject, sb.statements[i].relation]) for i in rows]
+        correct.append(sb.correct.bool().cpu()[rows])
+    shared = tuple(shared_tokens(s, a) for s, a in zip(statements, answers))
+    return LexicalOverlap(tuple(names), tuple(statements), tuple(answers), shared, torch.cat(correct))
