@@ -78,7 +78,8 @@ def test_every_gradient_is_captured_and_parameters_are_untouched(tiny_run, tiny_
     model, pairs = tiny_run.model, tiny_pairs
     names = sorted({COMPONENTS[c].hook_name(0) for c in ATTRIBUTION_DEFAULT_COMPONENTS})
 
-    def score(logits):
+    def score(resid):  # _forward_backward passes the last block's output
+        logits = model.unembed(model.ln_final(resid))[:, -1]
         return metric_values("logit_diff", logits, pairs.clean_answer, pairs.corrupted_answer)
 
     acts, grads = forward_backward(model, pairs.corrupted, names, score)
@@ -224,3 +225,14 @@ def test_bad_input_raises_clear_errors(tiny_run, tiny_pairs, facts_and_tokenizer
         attribution_agreement(torch.zeros(3), torch.zeros(4))
     with pytest.raises(ValueError, match="expected"):
         attribution_patch(model, pairs, "head_out").agreement_with(torch.zeros(1, 3, len(pairs)))
+
+
+def test_the_forward_stops_at_the_final_norm_with_the_models_residual(tiny_run, tiny_pairs):
+    from revinterp.analysis.attribution_patching import residual_before_final_norm
+
+    model = tiny_run.model
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(tiny_pairs.clean)
+        residual = residual_before_final_norm(model, tiny_pairs.clean)
+        assert torch.equal(residual, cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"])
+        assert torch.equal(model.unembed(model.ln_final(residual)), logits)

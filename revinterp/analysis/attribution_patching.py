@@ -22,12 +22,13 @@ from collections.abc import Sequence
 from functools import partial
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from revinterp.analysis.checks import check_choice, check_model_and_pairs
 from revinterp.analysis.effects import SiteEffects, receiving_and_source
-from revinterp.analysis.metrics import METRICS, metric_values
+from revinterp.analysis.fast_patching import AnswerReadout
+from revinterp.analysis.metrics import METRICS
 from revinterp.analysis.patching import PATCH_DIRECTIONS
 from revinterp.analysis.prompts import PromptPairs
 from revinterp.analysis.sites import ATTRIBUTION_DEFAULT_COMPONENTS, COMPONENTS, check_components
@@ -110,11 +111,19 @@ def attribution_patch_components(
     base, source = receiving_and_source(pairs, direction)
     n_layers = model.cfg.n_layers
     hook_names = list(dict.fromkeys(COMPONENTS[c].hook_name(layer) for c in components for layer in range(n_layers)))
-    score = partial(metric_values, metric, clean_answer=pairs.clean_answer, corrupted_answer=pairs.corrupted_answer)
+    readout = AnswerReadout(model)
+
+    def score(resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, " batch"]:
+        """The metric from the last block's output: the final norm at the answer position, then the answer
+        columns of the unembedding (no full-vocabulary logits)."""
+        final = model.ln_final(resid[:, -1:].contiguous())[:, -1]
+        return readout(metric, final, pairs.clean_answer, pairs.corrupted_answer)
 
     with torch.no_grad():
-        source_logits, source_cache = model.run_with_cache(source, names_filter=hook_names)
-        source_metric = score(source_logits[:, -1])
+        source_cache: dict[str, Tensor] = {}
+        save = [(name, partial(_save, into=source_cache, name=name)) for name in hook_names]
+        with model.hooks(fwd_hooks=save):
+            source_metric = score(residual_before_final_norm(model, source))
     base_acts, base_grads = _forward_backward(model, base, hook_names, score)
     base_metric = base_acts.pop("metric")
 
@@ -143,8 +152,37 @@ def attribution_patch_components(
     return results
 
 
+class _ReachedFinalNorm(Exception):
+    """Raised by the hook that stops a forward at the final norm's input, carrying it."""
+
+    def __init__(self, residual: Tensor):
+        super().__init__("reached ln_final")
+        self.residual = residual
+
+
+def residual_before_final_norm(model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
+    """The residual stream entering the final norm: the forward stops there, so the unembedding (batch x
+    positions x vocabulary logits) is never computed. Hooks the caller added stay active; the result keeps its
+    autograd graph."""
+
+    def stop(residual, hook):
+        raise _ReachedFinalNorm(residual)
+
+    try:
+        with model.hooks(fwd_hooks=[("ln_final.hook_in", stop)]):
+            model(tokens)
+    except _ReachedFinalNorm as reached:
+        return reached.residual
+    raise RuntimeError("the forward did not reach ln_final.hook_in; expected a model with a final norm hook")
+
+
+def _save(x, hook, into: dict, name: str):
+    into[name] = x.detach()
+
+
 def _forward_backward(model, tokens: Int[Tensor, "batch pos"], hook_names: list[str], score) -> tuple[dict, dict]:
-    """Activations and metric gradients at ``hook_names`` from one forward and one backward pass.
+    """Activations and metric gradients at ``hook_names`` from one forward and one backward pass; ``score`` maps
+    the residual stream before the final norm (:func:`residual_before_final_norm`) to the per-example metric.
 
     The token embedding is replaced by a detached leaf, and the gradient is taken with respect to it
     only: the backward pass visits every hook downstream (where backward hooks record the gradient)
@@ -167,8 +205,7 @@ def _forward_backward(model, tokens: Int[Tensor, "batch pos"], hook_names: list[
     fwd_hooks = [("hook_embed", embed_leaf)] + [(n, partial(save_act, name=n)) for n in hook_names]
     bwd_hooks = [(n, partial(save_grad, name=n)) for n in hook_names]
     with torch.enable_grad(), model.hooks(fwd_hooks=fwd_hooks, bwd_hooks=bwd_hooks):
-        logits = model(tokens)
-        metric = score(logits[:, -1])
+        metric = score(residual_before_final_norm(model, tokens))
         torch.autograd.grad(metric.sum(), leaf[0])
     missing = [n for n in hook_names if n not in grads or n not in acts]
     if missing:
