@@ -94,7 +94,7 @@ class CandidateRanking:
     def metrics(self) -> dict:
         """Accuracy with its interval, mean rank, their chance levels and the one-sided tests, as plain numbers."""
         acc, tests = self.accuracy, self.tests()
-        out = {
+        return {
             "n_candidates": int(self.n_candidates.max()),
             "accuracy": acc.mean,
             "accuracy_ci": [acc.low, acc.high],
@@ -103,7 +103,6 @@ class CandidateRanking:
             "chance_mean_rank": self.chance_mean_rank,
             "accuracy_above_chance_p": tests["accuracy_above_chance_p"],
         }
-        return out
 
 
 @dataclass(frozen=True)
