@@ -36,7 +36,7 @@ from revinterp.analysis.localize import localize
 from revinterp.analysis.patching import patch_sweeps
 from revinterp.analysis.prompts import make_prompt_pairs
 from revinterp.analysis.sites import SWEEP_COMPONENTS
-from revinterp.analysis.verdict import proportion_finding
+from revinterp.analysis.verdict import proportion_finding, question_hits
 from revinterp.analysis.weights import effective_weights
 from revinterp.data import MITIGATIONS, apply_mitigation, seed_experiment
 from revinterp.evaluation import evaluate
@@ -137,8 +137,8 @@ def main() -> None:
         chance = sum(r["behaviour"][HELD]["chance_accuracy"] for r in rows) / len(rows)
         acc = ci([r["behaviour"][HELD]["accuracy"] for r in rows])
         held = [r["behaviour"][HELD] for r in rows]
-        k, n = sum(round(m["accuracy"] * m["n"]) for m in held), sum(m["n"] for m in held)
-        among_k = sum(round(m["held_out_answers"]["accuracy"] * m["n"]) for m in held)
+        k, n = (sum(x) for x in zip(*map(question_hits, held)))
+        among_k = sum(round(m["held_out_answers"]["accuracy"] * question_hits(m)[1]) for m in held)
         finding, evidence = proportion_finding(k, n, chance, sum(r["behaviour"][SEEN]["accuracy"] for r in rows)
                                                / len(rows))
         agg = dict(

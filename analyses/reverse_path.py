@@ -53,7 +53,7 @@ from revinterp.analysis.patching import patch_sweeps
 from revinterp.analysis.prompts import make_prompt_pairs
 from revinterp.analysis.sites import SWEEP_COMPONENTS
 from revinterp.analysis.starvation import starvation_report
-from revinterp.analysis.verdict import proportion_finding
+from revinterp.analysis.verdict import proportion_finding, question_hits
 from revinterp.analysis.weights import effective_weights, single_token_entities
 from revinterp.data import apply_mitigation, knowledge_graph, seed_experiment, with_attributes
 from revinterp.models import load_run
@@ -157,7 +157,8 @@ def pooled(metrics: list[dict], key: str | None = None) -> dict:
     """Hits pooled over seeds (k of n) with the Clopper-Pearson interval, of the accuracy among all candidates or
     (``key="held_out_answers"``) among the held-out answers only, with the mean chance."""
     rows = [m[key] if key else m for m in metrics]
-    k, n = sum(round(r["accuracy"] * m["n"]) for r, m in zip(rows, metrics)), sum(m["n"] for m in metrics)
+    questions = [question_hits(m)[1] for m in metrics]
+    k, n = sum(round(r["accuracy"] * q) for r, q in zip(rows, questions)), sum(questions)
     e = clopper_pearson(k, n)
     return dict(k=k, n=n, text=f"{k}/{n} = {100 * e.mean:.1f} % [{100 * e.low:.1f}, {100 * e.high:.1f}]",
                 chance=sum(r["chance_accuracy"] for r in rows) / len(rows))

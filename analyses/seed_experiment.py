@@ -18,7 +18,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from common import Study, behaviour_over_seeds, ci, est, parser, seed_ci_table
 
-from revinterp.analysis.verdict import proportion_finding
+from revinterp.analysis.verdict import proportion_finding, question_hits
 from revinterp.data import seed_experiment
 from revinterp.evaluation import evaluate
 from revinterp.models import load_run
@@ -33,11 +33,11 @@ def pooled_held_out(rows: list[dict], split: str) -> dict:
     the same among the held-out answers only; per seed the one-sided p-values of a rank worse than chance and a
     log-probability below uniform (:mod:`revinterp.chance`)."""
     metrics = [r["splits"][split] for r in rows]
-    k, n = sum(round(m["accuracy"] * m["n"]) for m in metrics), sum(m["n"] for m in metrics)
-    chance = sum(m["chance_accuracy"] * m["n"] for m in metrics) / n
+    k, n = (sum(x) for x in zip(*map(question_hits, metrics)))
+    chance = sum(m["chance_accuracy"] * question_hits(m)[1] for m in metrics) / n
     seen = sum(r["splits"]["reverse_seen"]["accuracy"] for r in rows) / len(rows)
     finding, evidence = proportion_finding(k, n, chance, seen)
-    among_k = sum(round(m["held_out_answers"]["accuracy"] * m["n"]) for m in metrics)
+    among_k = sum(round(m["held_out_answers"]["accuracy"] * question_hits(m)[1]) for m in metrics)
     rank_p = [m["tests"]["rank_below_chance_p"] for m in metrics]
     logprob_p = [m["tests"]["logprob_below_chance_p"] for m in metrics]
 
@@ -48,8 +48,10 @@ def pooled_held_out(rows: list[dict], split: str) -> dict:
     return {"k": k, "n": n, "accuracy": exact(k), "finding": finding, "evidence": evidence,
             "among_k": among_k, "among": exact(among_k),
             "among_chance": sum(m["held_out_answers"]["chance_accuracy"] for m in metrics) / len(metrics),
-            "rank_below": sum(p < 0.05 for p in rank_p), "rank_p": ", ".join(f"{p:.2g}" for p in rank_p),
-            "logprob_below": sum(p < 0.05 for p in logprob_p), "logprob_p": ", ".join(f"{p:.2g}" for p in logprob_p)}
+            "rank_below": sum(p is not None and p < 0.05 for p in rank_p),
+            "rank_p": ", ".join("n/a" if p is None else f"{p:.2g}" for p in rank_p),
+            "logprob_below": sum(p is not None and p < 0.05 for p in logprob_p),
+            "logprob_p": ", ".join("n/a" if p is None else f"{p:.2g}" for p in logprob_p)}
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 from common import Study, parser, seed_verdicts, table
 
 from revinterp.analysis.starvation import starvation_report
-from revinterp.analysis.verdict import proportion_finding
+from revinterp.analysis.verdict import proportion_finding, question_hits
 from revinterp.data import STARVATION_CELLS, seed_experiment, starvation_cell
 from revinterp.results import load_results
 from revinterp.stats import clopper_pearson, t_interval
@@ -80,7 +80,7 @@ def main() -> None:
         b = stages["behaviour"].numbers["splits"][SPLIT]
         among = b["held_out_answers"]
         found = stages["verdict"].numbers["verdict"]
-        k, n, m = round(b["accuracy"] * b["n"]), b["n"], b["n_candidates"]
+        (k, n), m = question_hits(b), b["n_candidates"]
         report = starvation_report(run_dir)
         means = report.role_means()
         per_seed[cell].append(dict(

@@ -88,7 +88,7 @@ def analyze(run_dir: str | Path, *, device=None, progress: bool = True, max_pair
     run_dir = Path(run_dir)
     run = load_run(run_dir, device=device)
     measures: dict[str, Callable[[], StageResult]] = {
-        "behaviour": lambda: behaviour_stage(run),
+        "behaviour": lambda: behaviour_stage(run, progress),
         "forward": lambda: forward_stage(run, max_pairs, progress),
         "reverse": lambda: reverse_stage(run, max_pairs, progress),
         "missing": lambda: missing_stage(run),
@@ -211,11 +211,12 @@ def prompt_length_for(run, splits) -> int | None:
     return max(fitting, key=fitting.get)
 
 
-def behaviour_stage(run) -> StageResult:
-    """Behaviour per split (accuracy, rank and log-probability against chance)."""
+def behaviour_stage(run, progress: bool = False) -> StageResult:
+    """Behaviour per split (accuracy, rank and log-probability against chance, among all candidates and among the
+    held-out answers only) and the lexical-overlap diagnostic."""
     from revinterp.evaluation import evaluate
 
-    behaviour = evaluate(run.model, run.facts)
+    behaviour = evaluate(run.model, run.facts, progress=progress)
     result = StageResult("behaviour", behaviour.to_dict())
     result.figure("behaviour", "Accuracy per split", behaviour.plot(),
                   "Top-1 accuracy among the M candidate answers; markers show chance 1/M.")
@@ -249,11 +250,15 @@ def forward_stage(run, max_pairs: int, progress: bool = False) -> StageResult:
             raise Skip("no trained forward split has two or more statements",
                        split_sizes={name: len(run.facts.split(name)) for name in FORWARD_SPLITS})
         length = prompt_length_for(run, (split,))
-        pairs = make_prompt_pairs(run.facts, split, run.tokenizer, max_pairs=max_pairs, prompt_length=length)
+        try:
+            pairs = make_prompt_pairs(run.facts, split, run.tokenizer, max_pairs=max_pairs, prompt_length=length,
+                                      max_length=run.config.n_ctx)
+        except ValueError as e:  # the data admit no pair (too few statements, every swap also valid, ...)
+            raise Skip(str(e), split=split) from None
         counts = prompt_lengths(run, (split,))
         left_out = 0 if length is None else sum(n for k, n in counts.items() if k != length)
         return {"split": split, "n_pairs": len(pairs), "prompt_length": length, "metric": "logit_diff",
-                "n_prompts_left_out": left_out}
+                "n_prompts_left_out": left_out, "pairs_left_out": dict(pairs.left_out)}
 
     isolated(result, "prompts", prompt_pairs)
     if pairs is None:
@@ -338,7 +343,8 @@ def measure_attention(run, pairs, heads: list[str], max_pairs: int, out: StageRe
     held_out = first_split(run.facts, HELD_OUT_SPLITS)
     if held_out is not None:
         reverse_pairs = make_prompt_pairs(run.facts, held_out, run.tokenizer, max_pairs=max_pairs,
-                                          prompt_length=prompt_length_for(run, (held_out,)))
+                                          prompt_length=prompt_length_for(run, (held_out,)),
+                                          max_length=run.config.n_ctx)
         out.views.append(attention_view(run, reverse_pairs, heads, "attention_held_out",
                                         f"The same heads on a {held_out} prompt"))
     return {"heads": heads, "held_out_split": held_out}

@@ -36,17 +36,7 @@ from revinterp.stats import Estimate, normalized_ci
 
 REPLACEMENTS = ("corrupted", "mean")
 
-__all__ = ["REPLACEMENTS", "Circuit", "Faithfulness", "faithfulness", "find_circuit", "split_pairs", "subset_pairs"]
-
-
-def subset_pairs(pairs: PromptPairs, rows: Sequence[int]) -> PromptPairs:
-    """The pairs at ``rows``."""
-    rows = list(rows)
-    index = torch.tensor(rows, dtype=torch.long, device=pairs.clean.device)
-    pick = lambda seq: tuple(seq[i] for i in rows) if seq else ()  # noqa: E731
-    return PromptPairs(pairs.clean[index], pairs.corrupted[index], pairs.clean_answer[index],
-                       pairs.corrupted_answer[index], pairs.labels, pick(pairs.statements),
-                       pick(pairs.corrupted_statements), pairs.split)
+__all__ = ["REPLACEMENTS", "Circuit", "Faithfulness", "faithfulness", "find_circuit", "split_pairs"]
 
 
 def split_pairs(pairs: PromptPairs, *, fraction: float = 0.5, seed: int = 0) -> tuple[PromptPairs, PromptPairs]:
@@ -57,7 +47,7 @@ def split_pairs(pairs: PromptPairs, *, fraction: float = 0.5, seed: int = 0) -> 
         raise ValueError(f"{n} prompt pairs split {fraction:.2f}/{1 - fraction:.2f} leaves {k} and {n - k}; expected "
                          "at least 2 in each half (more pairs, or another fraction)")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    return subset_pairs(pairs, sorted(order[:k])), subset_pairs(pairs, sorted(order[k:]))
+    return pairs.select(sorted(order[:k])), pairs.select(sorted(order[k:]))
 
 
 @dataclass(frozen=True)

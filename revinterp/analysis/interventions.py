@@ -251,7 +251,7 @@ def compare_splits(
     n_pairs, total, effects, patching, attribution, dla = {}, {}, {}, {}, {}, {}
     for split in splits:
         pairs = make_prompt_pairs(facts, split, tokenizer, max_pairs=max_pairs, prompt_length=prompt_length,
-                                  seed=seed).to(model_device(model))
+                                  max_length=model.cfg.n_ctx, seed=seed).to(model_device(model))
         sweeps = patch_sweeps(model, pairs, components, progress=progress)
         estimates = attribution_patch_components(model, pairs, components)
         parts = direct_logit_attribution(model, pairs)

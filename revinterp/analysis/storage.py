@@ -219,7 +219,7 @@ def storage(model_or_run, facts: FactSet | None = None, *, splits: Sequence[str]
         path_effect, gap = None, 0.0
         if len(statements) >= 2:
             try:
-                pairs = make_prompt_pairs(facts, name, tokenizer, max_pairs=max_pairs)
+                pairs = make_prompt_pairs(facts, name, tokenizer, max_pairs=max_pairs, max_length=model.cfg.n_ctx)
             except ValueError:
                 pairs = None
             if pairs is not None and len(pairs) >= 2:

@@ -51,7 +51,7 @@ COUNTERPARTS = {"reverse_held_out": ("reverse_seen", "reverse_only"), "forward_h
                 "chain_composed_held_out": ("chain_composed_seen",)}
 """The seen split whose behaviour is the positive control of each held-out split (the first present)."""
 
-__all__ = ["Line", "Verdict", "proportion_finding", "verdict"]
+__all__ = ["Line", "Verdict", "proportion_finding", "question_hits", "verdict"]
 
 
 @dataclass(frozen=True)
@@ -147,17 +147,24 @@ def _skipped(part: dict) -> bool:
     return not isinstance(part, dict) or "skipped" in part
 
 
+def question_hits(metrics: dict) -> tuple[int, int]:
+    """``(hits, questions)`` of a split's saved metrics: accuracy is over distinct questions (a question with several
+    valid answers counts once, :mod:`revinterp.evaluation`)."""
+    n = metrics.get("n_questions", metrics["n"])
+    return round(metrics["accuracy"] * n), n
+
+
 def behaviour_line(behaviour: dict, split: str) -> Line:
     splits = behaviour["splits"]
     m = splits[split]
     seen_name = next((s for s in COUNTERPARTS.get(split, ()) if s in splits), None)
-    hits = round(m["accuracy"] * m["n"])
+    hits, n = question_hits(m)
     if seen_name is None:
-        return Line("behaviour", INCONCLUSIVE, "fail", f"{hits}/{m['n']} correct",
+        return Line("behaviour", INCONCLUSIVE, "fail", f"{hits}/{n} correct",
                     "no seen counterpart split to show that accuracy detects a known path")
     s = splits[seen_name]
-    passed, control = _above_chance(round(s["accuracy"] * s["n"]), s["n"], s["chance_accuracy"])
-    finding, evidence = proportion_finding(hits, m["n"], m["chance_accuracy"], s["accuracy"])
+    passed, control = _above_chance(*question_hits(s), s["chance_accuracy"])
+    finding, evidence = proportion_finding(hits, n, m["chance_accuracy"], s["accuracy"])
     among = m.get("held_out_answers")
     if among:
         evidence += (f"; among the {among['n_candidates']} held-out answers only: {100 * among['accuracy']:.1f} % "
@@ -167,8 +174,8 @@ def behaviour_line(behaviour: dict, split: str) -> Line:
             finding, evidence = UNDETERMINED, evidence + ": above chance there, so absence is not shown"
     tests = m.get("tests")
     if tests:
-        evidence += (f"; rank worse than chance p = {tests['rank_below_chance_p']:.2g}, log-probability below "
-                     f"uniform p = {tests['logprob_below_chance_p']:.2g}")
+        evidence += (f"; rank worse than chance p = {_p(tests['rank_below_chance_p'])}, log-probability below "
+                     f"uniform p = {_p(tests['logprob_below_chance_p'])}")
     return Line("behaviour", finding if passed else INCONCLUSIVE, "pass" if passed else "fail", evidence,
                 f"{seen_name} " + control)
 
@@ -234,6 +241,10 @@ def missing_line(missing: dict, split: str) -> Line:
     control = "all pass" if not failed else "failed: " + ", ".join(failed)
     return Line("what is missing", INCONCLUSIVE if failed else finding, "fail" if failed else "pass",
                 f"storage heads {', '.join(found['storage_heads'])}: {said}", control)
+
+
+def _p(p: float | None) -> str:
+    return "n/a" if p is None else f"{p:.2g}"
 
 
 def _why(part, default: str) -> str:

@@ -90,6 +90,11 @@ def describe(value) -> str:
     return str(value)
 
 
+def p_text(p: float | None) -> str:
+    """A p-value, or "n/a" where its test is undefined (too few questions, or no spread)."""
+    return "n/a" if p is None else f"{p:.2g}"
+
+
 def interval(est: dict) -> str:
     """A saved estimate (``{"mean", "low", "high"}`` or ``{"mean", "ci_low", "ci_high"}``) as
     ``mean [95 % CI low, high]``."""
@@ -103,15 +108,15 @@ def behaviour_findings(numbers: dict) -> list[str]:
         verdict = ""
         if not m["trained"] and "tests" in m:
             tests = m["tests"]
-            verdict = (f"; one-sided tests: accuracy above chance p = {tests['accuracy_above_chance_p']:.2g}, rank "
-                       f"worse than chance p = {tests['rank_below_chance_p']:.2g}, log-probability below uniform "
-                       f"p = {tests['logprob_below_chance_p']:.2g}")
+            verdict = (f"; one-sided tests: accuracy above chance p = {p_text(tests['accuracy_above_chance_p'])}, "
+                       f"rank worse than chance p = {p_text(tests['rank_below_chance_p'])}, log-probability below "
+                       f"uniform p = {p_text(tests['logprob_below_chance_p'])}")
         among = m.get("held_out_answers")
         if among:
             verdict += (f"; among the {among['n_candidates']} held-out answers only: accuracy "
                         f"{pct(among['accuracy'])} [95 % CI {pct(among['accuracy_ci'][0])}, "
                         f"{pct(among['accuracy_ci'][1])}] against chance {pct(among['chance_accuracy'])} (p = "
-                        f"{among['accuracy_above_chance_p']:.2g}), mean rank {num(among['mean_rank'], 1)} (chance "
+                        f"{p_text(among['accuracy_above_chance_p'])}), mean rank {num(among['mean_rank'], 1)} (chance "
                         f"{num(among['chance_mean_rank'], 1)})")
         findings.append(
             f"{name} ({'trained' if m['trained'] else 'held out'}, n={m['n']}): accuracy {pct(m['accuracy'])} "
@@ -145,7 +150,9 @@ def forward_findings(numbers: dict) -> list[str]:
     findings = [f"Prompt pairs: {prompts['n_pairs']} clean prompts of {prompts['split']}, each corrupted by another "
                 "subject of the same split; metric: logit difference clean answer - corrupted answer."
                 + (f" The prompts have several lengths; those of {length} tokens are used "
-                   f"({prompts['n_prompts_left_out']} left out)." if length else "")]
+                   f"({prompts['n_prompts_left_out']} left out)." if length else "")
+                + ("".join(f" {n} pair(s) left out: {reason.replace('_', ' ')}."
+                           for reason, n in prompts.get("pairs_left_out", {}).items() if n))]
     sweeps = numbers["sweeps"]
     if "skipped" in sweeps:
         findings.append(skipped("Activation patching", sweeps["skipped"]))
