@@ -179,3 +179,18 @@ def test_bad_input_raises_clear_errors(tiny_run, tiny_pairs):
         logit_lens(model, pairs.clean)
     with pytest.raises((ValueError, TypeError), match="PromptPairs"):  # the runtime type check may come first
         direct_logit_attribution(model, pairs.clean)
+
+
+@pytest.mark.parametrize("target", ["logit_diff", "answer"])
+def test_dla_in_chunks_equals_one_chunk(tiny_run, tiny_pairs, monkeypatch, target):
+    """Chunks of 3 prompts (a tiny LOGIT_ELEMENTS) give the one-chunk attribution to 1e-6 relative (a matrix
+    product over fewer rows rounds differently)."""
+    import revinterp.analysis.dla as dla
+
+    whole = direct_logit_attribution(tiny_run.model, tiny_pairs, target=target)
+    monkeypatch.setattr(dla, "LOGIT_ELEMENTS", 3 * tiny_pairs.clean.shape[1] * tiny_run.model.cfg.d_vocab)
+    chunked = direct_logit_attribution(tiny_run.model, tiny_pairs, target=target)
+    assert len(tiny_pairs) > 3 and chunked.labels == whole.labels
+    for name in ("values", "total", "unembed_bias"):
+        expected = getattr(whole, name)
+        assert (getattr(chunked, name) - expected).abs().max().item() <= 1e-6 * max(1.0, expected.abs().max()), name

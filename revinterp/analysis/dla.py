@@ -24,7 +24,7 @@ from torch import Tensor
 
 from revinterp.analysis.checks import check_choice, check_model_and_pairs
 from revinterp.analysis.prompts import PromptPairs
-from revinterp.evaluation import model_device
+from revinterp.evaluation import LOGIT_ELEMENTS, model_device
 from revinterp.stats import bootstrap_ci, error_bars, format_fixed
 
 DLA_TARGETS = ("logit_diff", "answer")
@@ -162,7 +162,8 @@ def direct_logit_attribution(
     ``target="logit_diff"``) after the final LayerNorm scale of the prompt (Elhage et al. 2021; the
     logit-difference form from Wang et al. 2022, IOI). Runs on a compatibility-mode deep copy, where
     the final LayerNorm is folded into the unembedding, so the parts plus the unembedding-bias term
-    sum exactly to the logit difference; ``model`` is left untouched.
+    sum exactly to the logit difference; ``model`` is left untouched. Prompts go through in chunks whose logits
+    hold at most :data:`revinterp.evaluation.LOGIT_ELEMENTS` numbers (memory O(chunk x vocabulary)).
 
     Args:
         model: a ``TransformerBridge`` in eval mode.
@@ -180,8 +181,6 @@ def direct_logit_attribution(
         >>> pairs = make_prompt_pairs(run.facts, "forward_seen", run.tokenizer)    # doctest: +SKIP
         >>> print(direct_logit_attribution(run.model, pairs).aggregate("component").summary())  # doctest: +SKIP
     """
-    from transformer_lens.tools.analysis import direct_logit_attribution as tl_direct_logit_attribution
-
     check_choice("target", target, DLA_TARGETS)
     check_model_and_pairs(model, pairs, "direct_logit_attribution", min_pairs=1, same_device=False)
     analysed = copy.deepcopy(model)
@@ -189,25 +188,18 @@ def direct_logit_attribution(
         analysed.enable_compatibility_mode()
     analysed.eval()
     pairs = pairs.to(model_device(model))
-    batch = torch.arange(len(pairs), device=pairs.clean.device)
-    incorrect = pairs.corrupted_answer if target == "logit_diff" else None
+    # chunks of prompts whose logits hold at most LOGIT_ELEMENTS numbers: memory O(chunk x vocabulary)
+    step = max(1, LOGIT_ELEMENTS // (pairs.clean.shape[1] * analysed.cfg.d_vocab))
+    chunks = []
     with torch.no_grad():
-        logits, cache = analysed.run_with_cache(pairs.clean)
-        last = logits[:, -1]
-        tl_dla = partial(
-            tl_direct_logit_attribution, analysed, answer_tokens=pairs.clean_answer, incorrect_tokens=incorrect,
-            cache=cache, pos=-1,
-        )
-        blocks, heads = tl_dla(unit="component"), tl_dla(unit="head")
-        b_U = analysed.b_U
-        if target == "logit_diff":
-            total = last[batch, pairs.clean_answer] - last[batch, pairs.corrupted_answer]
-            unembed_bias = b_U[pairs.clean_answer] - b_U[pairs.corrupted_answer]
-        else:
-            total = last[batch, pairs.clean_answer]
-            unembed_bias = b_U[pairs.clean_answer]
-    block_rows = dict(zip(blocks.labels, blocks.attribution))
-    head_rows = dict(zip(heads.labels, heads.attribution))
+        for start in range(0, len(pairs), step):
+            rows = list(range(start, min(start + step, len(pairs))))
+            chunks.append(_chunk_attribution(analysed, pairs.select(rows), target))
+    blocks_labels, heads_labels = chunks[0][0], chunks[0][2]
+    blocks_attribution, heads_attribution, total, unembed_bias = (
+        torch.cat([c[i] for c in chunks], dim=-1) for i in (1, 3, 4, 5))
+    block_rows = dict(zip(blocks_labels, blocks_attribution))
+    head_rows = dict(zip(heads_labels, heads_attribution))
     parts: list[tuple[str, str, int, Tensor]] = []
     for name in ("embed", "pos_embed"):
         if name in block_rows:
@@ -226,3 +218,26 @@ def direct_logit_attribution(
         labels=tuple(p[0] for p in parts), kinds=tuple(p[1] for p in parts), layers=tuple(p[2] for p in parts),
         unembed_bias=unembed_bias.detach(), total=total.detach(), target=target, statements=pairs.statements,
     )
+
+
+def _chunk_attribution(analysed, pairs: PromptPairs, target: str) -> tuple:
+    """Block and head attributions (labels, values [part, batch]), the total and the bias term of one chunk."""
+    from transformer_lens.tools.analysis import direct_logit_attribution as tl_direct_logit_attribution
+
+    batch = torch.arange(len(pairs), device=pairs.clean.device)
+    incorrect = pairs.corrupted_answer if target == "logit_diff" else None
+    logits, cache = analysed.run_with_cache(pairs.clean)
+    last = logits[:, -1]
+    tl_dla = partial(
+        tl_direct_logit_attribution, analysed, answer_tokens=pairs.clean_answer, incorrect_tokens=incorrect,
+        cache=cache, pos=-1,
+    )
+    blocks, heads = tl_dla(unit="component"), tl_dla(unit="head")
+    b_U = analysed.b_U
+    if target == "logit_diff":
+        total = last[batch, pairs.clean_answer] - last[batch, pairs.corrupted_answer]
+        unembed_bias = b_U[pairs.clean_answer] - b_U[pairs.corrupted_answer]
+    else:
+        total = last[batch, pairs.clean_answer]
+        unembed_bias = b_U[pairs.clean_answer]
+    return blocks.labels, blocks.attribution, heads.labels, heads.attribution, total, unembed_bias
