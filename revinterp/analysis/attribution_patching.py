@@ -22,12 +22,12 @@ from collections.abc import Sequence
 from functools import partial
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Int
 from torch import Tensor
 
 from revinterp.analysis.checks import check_choice, check_model_and_pairs
 from revinterp.analysis.effects import SiteEffects, receiving_and_source
-from revinterp.analysis.fast_patching import AnswerReadout
+from revinterp.analysis.fast_patching import AnswerReadout, residual_before_final_norm
 from revinterp.analysis.metrics import METRICS
 from revinterp.analysis.patching import PATCH_DIRECTIONS
 from revinterp.analysis.prompts import PromptPairs
@@ -111,13 +111,8 @@ def attribution_patch_components(
     base, source = receiving_and_source(pairs, direction)
     n_layers = model.cfg.n_layers
     hook_names = list(dict.fromkeys(COMPONENTS[c].hook_name(layer) for c in components for layer in range(n_layers)))
-    readout = AnswerReadout(model)
-
-    def score(resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, " batch"]:
-        """The metric from the last block's output: the final norm at the answer position, then the answer
-        columns of the unembedding (no full-vocabulary logits)."""
-        final = model.ln_final(resid[:, -1:].contiguous())[:, -1]
-        return readout(metric, final, pairs.clean_answer, pairs.corrupted_answer)
+    score = partial(AnswerReadout(model).of_residual, model, metric, clean_answer=pairs.clean_answer,
+                    corrupted_answer=pairs.corrupted_answer)
 
     with torch.no_grad():
         source_cache: dict[str, Tensor] = {}
@@ -150,30 +145,6 @@ def attribution_patch_components(
                 metric=metric, labels=pairs.labels, method="attribution",
             )
     return results
-
-
-class _ReachedFinalNorm(Exception):
-    """Raised by the hook that stops a forward at the final norm's input, carrying it."""
-
-    def __init__(self, residual: Tensor):
-        super().__init__("reached ln_final")
-        self.residual = residual
-
-
-def residual_before_final_norm(model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
-    """The residual stream entering the final norm: the forward stops there, so the unembedding (batch x
-    positions x vocabulary logits) is never computed. Hooks the caller added stay active; the result keeps its
-    autograd graph."""
-
-    def stop(residual, hook):
-        raise _ReachedFinalNorm(residual)
-
-    try:
-        with model.hooks(fwd_hooks=[("ln_final.hook_in", stop)]):
-            model(tokens)
-    except _ReachedFinalNorm as reached:
-        return reached.residual
-    raise RuntimeError("the forward did not reach ln_final.hook_in; expected a model with a final norm hook")
 
 
 def _save(x, hook, into: dict, name: str):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import itertools
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from revinterp.analysis.effects import SiteEffects, receiving_and_source
@@ -126,6 +126,37 @@ class AnswerReadout:
         if metric == "logprob":
             return self.answer_logits(final, clean_answer) - self.normalizer(final)
         return metric_values(metric, final, clean_answer, corrupted_answer)  # its clear error for a bad name
+
+    def of_residual(self, model, metric: str, residual: Float[Tensor, "batch pos d_model"], clean_answer: Tensor,
+                    corrupted_answer: Tensor) -> Float[Tensor, " batch"]:
+        """The metric from the residual stream before the final norm (:func:`residual_before_final_norm`): the
+        model's final norm at the last position, then the answer columns."""
+        final = model.ln_final(residual[:, -1:].contiguous())[:, -1]
+        return self(metric, final, clean_answer, corrupted_answer)
+
+
+class _ReachedFinalNorm(Exception):
+    """Raised by the hook that stops a forward at the final norm's input, carrying it."""
+
+    def __init__(self, residual: Tensor):
+        super().__init__("reached ln_final")
+        self.residual = residual
+
+
+def residual_before_final_norm(model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
+    """The residual stream entering the final norm: the forward stops there, so the unembedding (batch x
+    positions x vocabulary logits) is never computed. Hooks the caller added stay active; the result keeps its
+    autograd graph."""
+
+    def stop(residual, hook):
+        raise _ReachedFinalNorm(residual)
+
+    try:
+        with model.hooks(fwd_hooks=[("ln_final.hook_in", stop)]):
+            model(tokens)
+    except _ReachedFinalNorm as reached:
+        return reached.residual
+    raise RuntimeError("the forward did not reach ln_final.hook_in; expected a model with a final norm hook")
 
 
 def check_fast_supported(model) -> None:

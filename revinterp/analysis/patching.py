@@ -28,7 +28,7 @@ from torch import Tensor
 
 from revinterp.analysis.checks import check_choice, check_model_and_pairs
 from revinterp.analysis.effects import SiteEffects, receiving_and_source
-from revinterp.analysis.fast_patching import fast_sweeps
+from revinterp.analysis.fast_patching import AnswerReadout, fast_sweeps, residual_before_final_norm
 from revinterp.analysis.metrics import METRICS, metric_values
 from revinterp.analysis.prompts import PromptPairs
 from revinterp.analysis.sites import COMPONENTS, SWEEP_COMPONENTS, Site, check_components
@@ -180,6 +180,7 @@ def joint_patch(
             return activation
 
         hooks = [(name, partial(restore, name=name)) for name in by_hook]
-        logits = model.run_with_hooks(receiving, fwd_hooks=hooks)
-        return metric_values(metric, logits[:, -1], pairs.clean_answer, pairs.corrupted_answer)
+        with model.hooks(fwd_hooks=hooks):
+            residual = residual_before_final_norm(model, receiving)
+        return AnswerReadout(model).of_residual(model, metric, residual, pairs.clean_answer, pairs.corrupted_answer)
 
