@@ -37,6 +37,8 @@ TRAINING_FILE = "training.json"
 
 NORMALIZATION_TYPES = ("LN", "LNPre", "RMS", "RMSPre", None)
 POSITIONAL_EMBEDDINGS = ("standard", "rotary")
+ATTENTION_DIRECTIONS = ("causal", "bidirectional")
+"""TransformerLens's ``attention_dir``: causal (a decoder) or bidirectional (MLM-U, :mod:`revinterp.objectives`)."""
 ACTIVATIONS = ("gelu", "gelu_new", "relu", "silu", "swish", "solu", "solu_ln")
 """The activation functions of TransformerLens's native models."""
 
@@ -51,6 +53,17 @@ class NonFiniteError(ValueError):
 
 class DivergedRunError(NonFiniteError):
     """A run directory whose training diverged (its loss or weights became non-finite); it holds no usable model."""
+
+
+OMITTED_AT_DEFAULT = {"attention_dir": "causal", "objective": "next_token"}
+"""Settings added after runs were first saved: left out of a saved record while at this default, so the records,
+checkpoint metadata and hashes of every earlier run stay as they were."""
+
+
+def config_record(config) -> dict:
+    """``asdict(config)`` (a ModelConfig or TrainingConfig) without the :data:`OMITTED_AT_DEFAULT` settings at their
+    default."""
+    return {k: v for k, v in asdict(config).items() if OMITTED_AT_DEFAULT.get(k, object()) != v}
 
 
 def is_int(value) -> bool:
@@ -109,6 +122,7 @@ class ModelConfig:
     normalization_type: str | None = "LN"
     positional_embedding_type: str = "standard"
     attn_only: bool = False
+    attention_dir: str = "causal"
     d_vocab: int = 0
     n_ctx: int = 0
     seed: int = 0
@@ -132,6 +146,8 @@ class ModelConfig:
             raise ValueError(
                 f"normalization_type={self.normalization_type!r}: expected one of {NORMALIZATION_TYPES}"
             )
+        if self.attention_dir not in ATTENTION_DIRECTIONS:
+            raise ValueError(f"attention_dir={self.attention_dir!r}: expected one of {ATTENTION_DIRECTIONS}")
         if self.positional_embedding_type not in POSITIONAL_EMBEDDINGS:
             raise ValueError(
                 f"positional_embedding_type={self.positional_embedding_type!r}: "
@@ -240,7 +256,7 @@ def check_finite_output(values: torch.Tensor, what: str) -> None:
 
 # -- run directory: model side -------------------------------------------------------------------
 def write_model_config(run_dir: Path, config: ModelConfig) -> None:
-    write_json(run_dir / MODEL_CONFIG_FILE, {"format_version": FORMAT_VERSION, "model": asdict(config)})
+    write_json(run_dir / MODEL_CONFIG_FILE, {"format_version": FORMAT_VERSION, "model": config_record(config)})
 
 
 def save_model(run_dir: Path, model, config: ModelConfig) -> None:
@@ -254,7 +270,7 @@ def save_weights(path: Path, tensors: dict[str, torch.Tensor], config: ModelConf
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    meta = {"model_config": json_text(asdict(config), indent=None, sort_keys=True)}
+    meta = {"model_config": json_text(config_record(config), indent=None, sort_keys=True)}
     meta.update({k: str(v) for k, v in metadata.items()})
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
@@ -271,7 +287,7 @@ def read_weights(path: Path, config: ModelConfig) -> tuple[dict[str, torch.Tenso
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
     except Exception as e:  # safetensors raises its own error types for truncated or garbled files
         raise CheckpointError(f"checkpoint {path}: unreadable safetensors file ({e})") from None
-    expected = json_text(asdict(config), indent=None, sort_keys=True)
+    expected = json_text(config_record(config), indent=None, sort_keys=True)
     if meta.get("model_config") != expected:
         raise CheckpointError(
             f"checkpoint {path} was written for model config {meta.get('model_config')}; "
