@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import random
 import re
 import shutil
 from collections.abc import Callable
@@ -56,9 +57,15 @@ from revinterp.models import (
     read_weights,
     save_model,
     save_weights,
-    tokenizer_for,
     write_model_config,
     write_run_data,
+)
+from revinterp.objectives import (
+    OBJECTIVES,
+    objective_loss,
+    objective_model_config,
+    objective_tokenizer,
+    query_model,
 )
 from revinterp.rundir import LOCK_FILE, run_lock
 
@@ -91,6 +98,7 @@ class TrainingConfig:
     schedule: str = "constant"
     warmup_steps: int = 0
     loss: str = "answer"
+    objective: str = "next_token"
     eval_every: int = 50
     n_checkpoints: int = 20
     early_stop: bool = True
@@ -102,6 +110,11 @@ class TrainingConfig:
             raise ValueError(f"schedule={self.schedule!r}: expected one of {SCHEDULES}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss={self.loss!r}: expected one of {LOSSES}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective={self.objective!r}: expected one of {OBJECTIVES} (revinterp.objectives)")
+        if self.objective != "next_token" and self.loss != "answer":
+            raise ValueError(f"loss={self.loss!r} with objective {self.objective!r}: the objective chooses its own "
+                             "targets; expected loss='answer'")
         for name in ("max_steps", "batch_size", "eval_every"):
             value = getattr(self, name)
             if not is_int(value) or value < 1:
@@ -277,8 +290,8 @@ def train(
         raise ValueError("the fact set has no trained statements; expected at least one to train on")
     # Everything that can refuse the call comes before the first write: the data, the model, the optimizer.
     device = torch.device(device) if device is not None else default_device()
-    tokenizer = tokenizer_for(facts)
-    model_config = config_for_data(model_config, facts, tokenizer)
+    tokenizer = objective_tokenizer(facts, training_config.objective)
+    model_config = objective_model_config(config_for_data(model_config, facts, tokenizer), training_config.objective)
     training_record = {"training": asdict(training_config), "versions": versions(),
                        "environment": {"device": str(device), "torch_threads": torch.get_num_threads()}}
     train_data = encode_statements(facts, facts.train, tokenizer).to(device)
@@ -349,6 +362,7 @@ def _train_locked(facts, model, optimizer, model_config, training_config, run_di
 
     trained_splits = [name for name in facts.split_names if facts.split(name)[0].trained]
     plain = plain_model(model)
+    query = query_model(plain, training_config.objective, model.tokenizer)  # how the objective asks a question
     snapshot_steps = checkpoint_steps(training_config.max_steps, training_config.n_checkpoints)
     n = len(train_data)
     batches_per_epoch = math.ceil(n / training_config.batch_size)
@@ -372,7 +386,7 @@ def _train_locked(facts, model, optimizer, model_config, training_config, run_di
         with torch.no_grad():
             record = {"step": step, "loss": loss, "splits": {}}
             for name, data in eval_data.items():
-                logprob, correct = answer_scores(plain, data)
+                logprob, correct = answer_scores(query, data)
                 record["splits"][name] = {
                     "accuracy": correct.float().mean().item(), "probability": logprob.exp().mean().item(),
                 }
@@ -409,7 +423,9 @@ def _train_locked(facts, model, optimizer, model_config, training_config, run_di
                 batch = train_data.select(rows.to(train_data.tokens.device))
                 for group in optimizer.param_groups:
                     group["lr"] = training_config.lr_at(step)
-                loss = batch_loss(plain, batch, training_config.loss)
+                loss = batch_loss(plain, batch, training_config.loss) if training_config.objective == "next_token" \
+                    else objective_loss(plain, facts, batch, training_config.objective, model.tokenizer,
+                                        random.Random(training_config.seed * 1_000_003 + step))
                 loss_value = loss.item()
                 if not math.isfinite(loss_value):
                     raise diverge(step + 1, f"the loss is {loss_value}")
@@ -576,7 +592,7 @@ def check_resumable(run_dir: Path, facts: FactSet, model_config: ModelConfig, tr
         saved_vocab = load_tokenizer(run_dir / TOKENIZER_FILE).get_vocab()
     except Exception as e:  # the tokenizers library raises a bare Exception for a malformed file
         raise CheckpointError(f"{run_dir / TOKENIZER_FILE}: unreadable tokenizer ({e})") from None
-    if saved_vocab != tokenizer_for(facts).get_vocab():
+    if saved_vocab != objective_tokenizer(facts, training.objective).get_vocab():
         raise CheckpointError(f"{run_dir / TOKENIZER_FILE} does not match the vocabulary of the facts (token ids "
                               "differ); expected the tokenizer train() wrote for them")
     if saved_facts.to_manifest() != facts.to_manifest():
