@@ -82,6 +82,10 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--schedule", choices=("constant", "cosine", "linear"), help="learning-rate schedule")
     g.add_argument("--loss", choices=("answer", "sequence"),
                    help="cross-entropy on the answer tokens only (seed) or on the whole sequence")
+    g.add_argument("--objective", choices=("next_token", "mlm_u", "masked_causal", "blank_infilling"),
+                   help="what is predicted (revinterp.objectives): next token (seed); MLM-U, a uniform masking rate "
+                        "with bidirectional attention (Kitouni et al. 2024); a masked entity predicted after the "
+                        "rest under causal attention (Coda-Forno et al. 2026); blank infilling (Lv et al. 2023)")
     g.add_argument("--no-early-stop", action="store_true",
                    help="train all steps instead of stopping once every trained split is fitted "
                         "(accuracy 100%% and mean p(answer) >= 0.99)")
@@ -233,7 +237,7 @@ def configs(args, facts):
         model = replace(model, normalization_type=None if args.norm == "none" else args.norm)
     training = replace(training, seed=args.seed)
     overrides = dict(max_steps=args.steps, lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay,
-                     schedule=args.schedule, loss=args.loss)
+                     schedule=args.schedule, loss=args.loss, objective=args.objective)
     training = replace(training, **{k: v for k, v in overrides.items() if v is not None})
     if args.no_early_stop:
         training = replace(training, early_stop=False)
@@ -316,7 +320,8 @@ def seed_grid(args, seeds) -> dict:
     if args.norm:
         grid["normalization_type"] = args.norm
     for name, value in (("max_steps", args.steps), ("lr", args.lr), ("batch_size", args.batch_size),
-                        ("weight_decay", args.weight_decay), ("schedule", args.schedule), ("loss", args.loss)):
+                        ("weight_decay", args.weight_decay), ("schedule", args.schedule), ("loss", args.loss),
+                        ("objective", args.objective)):
         if value is not None:
             grid[name] = value
     if args.no_early_stop:
