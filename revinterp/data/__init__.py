@@ -35,7 +35,7 @@ from revinterp.data.generators import (
     with_answer_feeding,
     with_attributes,
 )
-from revinterp.data.mitigations import MITIGATIONS, apply_mitigation
+from revinterp.data.mitigations import MITIGATIONS, apply_mitigation, with_scratch_tokens
 from revinterp.data.tokenizer import UnknownWordError, build_tokenizer, load_tokenizer, save_tokenizer
 
 __all__ = [
@@ -47,4 +47,5 @@ __all__ = [
     "description_like",
     "encode_statements", "load_fact_file", "load_tokenizer", "save_tokenizer", "seed_experiment",
     "split_facts", "STARVATION_CELLS", "leaking_statements", "starvation_cell", "with_answer_feeding",
+    "with_scratch_tokens",
 ]

@@ -16,8 +16,11 @@ statements and their splits untouched, so the held-out questions stay exactly th
   whose answers are of x's kind: ``a_i <- a_i`` and ``b_i -> b_i`` (``bridge_relation="answer"``);
   ``bridge_relation="identity"`` uses a separate ``=`` relation instead.
 
-Weight decay, the other mitigation studied, is a training setting
-(:attr:`revinterp.training.TrainingConfig.weight_decay`).
+Scratch tokens (:func:`with_scratch_tokens`) rewrite every statement instead of adding any: ``k`` tokens
+``[scratch]`` between the relation and the answer, the padding under which the inverse-permutation task becomes
+learnable. Weight decay, the other mitigation studied, is a training setting
+(:attr:`revinterp.training.TrainingConfig.weight_decay`); the objectives that change what is predicted are in
+:mod:`revinterp.objectives`.
 """
 
 from __future__ import annotations
@@ -30,6 +33,26 @@ MITIGATIONS = ("reverse_token", "reverse_entity", "permute", "identity_bridge")
 REVERSE_MARKER = "[rev]"
 PERMUTE_MARKER = "[perm]"
 PERMUTATIONS = ("RSO", "ORS", "ROS")  # unit orders with an entity last; S R O is the original
+SCRATCH = "[scratch]"
+
+
+def with_scratch_tokens(facts: FactSet, k: int) -> FactSet:
+    """``facts`` with ``k`` scratch tokens before the answer of every statement: each relation's template
+    ``... {object}`` becomes ``... [scratch] x k {object}``. Statements, splits and candidates are unchanged; the
+    prompts grow by ``k`` positions, never predicted (the answer loss reads only the answer)."""
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k={k!r} scratch tokens: expected a positive integer")
+    if facts.source.get("scratch_tokens"):
+        raise ValueError(f"fact set already has {facts.source['scratch_tokens']} scratch tokens per statement")
+    return words_before_answer(facts, [SCRATCH] * k, scratch_tokens=k)
+
+
+def words_before_answer(facts: FactSet, words: list[str], **source) -> FactSet:
+    """``facts`` with ``words`` inserted before ``{object}`` in every relation's template (and ``source`` added to
+    its source): the same statements and splits, longer prompts."""
+    relations = {name: Relation(r.name, r.inverse, " ".join([*r.template.split()[:-1], *words, "{object}"]))
+                 for name, r in facts.relations.items()}
+    return replace(facts, relations=relations, source={**facts.source, **source})
 
 
 def apply_mitigation(facts: FactSet, mitigation: str, *, bridge_relation: str = "answer") -> FactSet:
