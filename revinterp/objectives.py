@@ -41,7 +41,8 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from revinterp.data import EncodedStatements, FactSet, Relation, Statement, build_tokenizer
+from revinterp.data import EncodedStatements, FactSet, Statement, build_tokenizer
+from revinterp.data.mitigations import words_before_answer
 from revinterp.data.tokenizer import encode_words
 
 OBJECTIVES = ("next_token", "mlm_u", "masked_causal", "blank_infilling")
@@ -180,6 +181,7 @@ class QueryModel(torch.nn.Module):
         self.model, self.objective = model, objective
         self.tokenizer = tokenizer if tokenizer is not None else model.tokenizer
         self.suffix = encode_words(self.tokenizer, QUERY_SUFFIX[objective])
+        self.train(model.training)  # a new Module is in train mode; take the model's, which evaluate() restores
 
     def forward(self, tokens: Int[Tensor, "n seq"]) -> Float[Tensor, "n seq vocab"]:
         suffix = torch.tensor(self.suffix, device=tokens.device).expand(len(tokens), -1)
@@ -202,6 +204,4 @@ def query_facts(facts: FactSet, objective: str) -> FactSet:
     suffix = QUERY_SUFFIX[objective]
     if not suffix:
         return facts
-    relations = {name: Relation(r.name, r.inverse, " ".join([*r.template.split()[:-1], *suffix, "{object}"]))
-                 for name, r in facts.relations.items()}
-    return replace(facts, relations=relations, source={**facts.source, "query": objective})
+    return words_before_answer(facts, list(suffix), query=objective)
