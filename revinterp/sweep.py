@@ -339,8 +339,10 @@ class Cell:
         facts = dict(self.facts)
         if facts.get("facts") is not None:
             facts["facts"] = f"sha256:{self.facts_sha256}"
-        return {"sweep_version": SWEEP_VERSION, "facts": facts, "model": asdict(self.model),
-                "training": asdict(self.training), "seed": self.seed}
+        from revinterp.models import config_record  # settings added later, at their defaults, keep the old hashes
+
+        return {"sweep_version": SWEEP_VERSION, "facts": facts, "model": config_record(self.model),
+                "training": config_record(self.training), "seed": self.seed}
 
     @property
     def key(self) -> str:

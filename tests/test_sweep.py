@@ -99,6 +99,16 @@ def test_cell_names_hash_the_full_configuration():
     assert config["training"]["weight_decay"] == 0.0 and config["model"]["d_model"] == 64
 
 
+def test_settings_added_later_at_their_default_keep_the_cell_names():
+    from revinterp.models import OMITTED_AT_DEFAULT
+
+    cell = sw.make_cell({"preset": "tiny", "n_pairs": 20})
+    config = cell.config()
+    assert not set(OMITTED_AT_DEFAULT) & (set(config["model"]) | set(config["training"]))  # runs trained before
+    other = sw.make_cell({"preset": "tiny", "n_pairs": 20, "attention_dir": "bidirectional"})
+    assert other.config()["model"]["attention_dir"] == "bidirectional" and other.name != cell.name
+
+
 @pytest.mark.parametrize("options", [
     {"n_pairs": 20},
     {"n_pairs": 20, "trained_direction": "forward", "mitigation": "reverse_entity"},
