@@ -386,7 +386,7 @@ def _train_locked(facts, model, optimizer, model_config, training_config, run_di
         with torch.no_grad():
             record = {"step": step, "loss": loss, "splits": {}}
             for name, data in eval_data.items():
-                logprob, correct = answer_scores(query, data)
+                logprob, correct = answer_scores(query, data, vocab_size=model_config.d_vocab)
                 record["splits"][name] = {
                     "accuracy": correct.float().mean().item(), "probability": logprob.exp().mean().item(),
                 }
