@@ -4,12 +4,15 @@ The loss follows the seed code of Zhu et al. (2024): cross-entropy on the answer
 only (``loss="answer"``), or on every next token (``loss="sequence"``). A run directory gets, besides
 the model files of :mod:`revinterp.models`::
 
-    training.json                    TrainingConfig and the versions that produced the run
+    training.json                    TrainingConfig, the versions and environment (device, torch threads) that
+                                     produced the run, and how it ended ("fit": fitted, steps, and for an unfitted
+                                     run the splits that missed the criterion with what usually helps)
     history.jsonl                    one line per periodic evaluation: loss, accuracy and p(answer) per split
     checkpoints/step_0000100.safetensors   weights at log-spaced steps (for training dynamics)
     checkpoints/last.safetensors     weights + optimizer state of the newest step (for resume)
 
-Every file is written atomically. Same seed, same data, same device type -> same weights.
+Every file is written atomically. Same seed, same data, same device type -> same weights. Steps run through
+:func:`plain_model` (the bridge's own tensors without its hook points), bit-identical to steps through the bridge.
 
 One writer per run directory: :func:`train` holds the directory's lock (:mod:`revinterp.rundir`) from its first
 write to its end. Options are checked before anything is written, so a refused call leaves nothing behind (and
