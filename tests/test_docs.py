@@ -87,6 +87,14 @@ EXPECTED_OUTPUT = {
         r"^verdict reverse_seen: routing and entry present",
         r"^verdict reverse_held_out: ",
     ],
+    "07_cures": [
+        r"^masked_causal trains <bos> \[mask\] \S+ \S+ \S+\s+predicting",  # the source entity is a target
+        r"^reverse_entity\s+\d+\s+1 \[0\.7\d+, 1\]\s+1\.00",  # 12 of 12 held out, forward kept
+        r"^masked_causal\s+\d+\s+1 \[0\.7\d+, 1\]\s+1\.00",
+        r"^masked_causal: prompt \['<bos>', 'b\d+', '<-', '\[mask\]'\]; localize restores \['attn_out L0 @\[mask\]'",
+        r"^masked_causal: forward entry reused by the reverse path\? .* -> (shared|distinct|undetermined)$",
+        r"^  L0H\d: matched cosine \S+ \[\S+, \S+\] over 12 facts; unrelated pairs",
+    ],
 }
 
 
