@@ -425,9 +425,12 @@ def cmd_sweep_report(args) -> int:
 def cmd_eval(args) -> int:
     from revinterp.evaluation import evaluate
     from revinterp.models import load_run
+    from revinterp.objectives import query_model
+    from revinterp.training import read_training_config
 
     run = load_run(args.run_dir, checkpoint=args.checkpoint, device=args.device)
-    behaviour = evaluate(run.model, run.facts)
+    objective = read_training_config(args.run_dir).objective  # a masked objective asks through its query
+    behaviour = evaluate(query_model(run.model, objective, run.tokenizer), run.facts, tokenizer=run.tokenizer)
     show(behaviour, args, f"run {args.run_dir}" + (f", checkpoint {args.checkpoint}" if args.checkpoint else ""))
     return 0
 
