@@ -111,8 +111,13 @@ def over_seeds(values):
     return {"values": values, "mean": e.mean, "ci_low": e.low, "ci_high": e.high, "method": "t interval over seeds"}
 
 
+def percent(x: float) -> str:
+    """A proportion in percent: one decimal from 1 %, two significant digits below (0.019, not 0.0)."""
+    return "0" if x == 0 else f"{100 * x:.1f}" if x >= 0.01 else f"{100 * x:.2g}"
+
+
 def pct(p: dict) -> str:
-    return f"{p['k']}/{p['n']} = {100 * p['value']:.1f} % [{100 * p['ci_low']:.1f}, {100 * p['ci_high']:.1f}]"
+    return f"{p['k']}/{p['n']} = {percent(p['value'])} % [{percent(p['ci_low'])}, {percent(p['ci_high'])}]"
 
 
 def share_text(s: dict) -> str:
@@ -288,30 +293,49 @@ def main() -> None:
     k = sum(r["accuracy"]["k"] for r in all_records)
     n = sum(r["accuracy"]["n"] for r in all_records)
     above = [c["label"] for c in run_cells if c["pooled_accuracy"]["ci_low"] > c["chance"]]
-    past_rank = [c for c in run_cells if c["n_pairs"] > c["ov_rank_per_layer"] and c["n_fitted"]]
-    below_rank = [c for c in run_cells if c["n_pairs"] <= c["ov_rank_per_layer"] and c["n_fitted"]]
+    above_answers = [c["label"] for c in run_cells
+                     if c["pooled_among_held_out_answers"]["ci_low"] > c["chance_among_held_out_answers"]]
+    k_answers = sum(r["among_held_out_answers"]["k"] for r in all_records)
+    n_answers = sum(r["among_held_out_answers"]["n"] for r in all_records)
 
-    def mean_share(cells, key):
-        values = [v for c in cells for v in c[key]["values"]]
-        return sum(values) / len(values) if values else float("nan")
+    def fitted_seeds(past: bool) -> list[dict]:
+        """Every fitted seed's record in the cells with more facts than one layer's OV rank (or at most as many)."""
+        return [r for c in run_cells if (c["n_pairs"] > c["ov_rank_per_layer"]) == past
+                for r in c["per_seed"] if r["fitted"]]
+
+    def mean_of(records, *path):
+        values = [r[path[0]][path[1]] for r in records]
+        return format_fixed(sum(values) / len(values)) if values else "n/a"
+
+    rank_lines = []
+    for past, words in ((True, "more facts than one layer's OV rank"), (False, "at most that many")):
+        records = fitted_seeds(past)
+        rank_lines.append(
+            f"{words} ({len(records)} fitted runs): attention {mean_of(records, 'dla', 'attention_share')}, MLPs "
+            f"{mean_of(records, 'dla', 'mlp_share')}; localize chose "
+            f"{sum(r['localize']['attention_sites'] for r in records)} attention and "
+            f"{sum(r['localize']['mlp_sites'] for r in records)} MLP sites")
+    by_shape = {(c["n_layers"], c["d_model"], c["n_pairs"]): c["attention_share"]["mean"] for c in run_cells}
+    growth = []
+    for small, large in zip(sizes, sizes[1:]):
+        shapes = [(L, d) for L in layers for d in d_models if (L, d, small) in by_shape and (L, d, large) in by_shape]
+        rises = sum(by_shape[L, d, large] > by_shape[L, d, small] for L, d in shapes)
+        growth.append(f"from {small} to {large} pairs it rises in {rises} of the {len(shapes)} shapes run at both")
 
     findings = [
-        f"Held-out reverse accuracy pooled over every cell and seed: {pct(proportion(k, n))}; cells whose pooled "
-        f"exact interval lies above chance: {', '.join(above) if above else 'none'} (of {len(run_cells)} run).",
+        f"Held-out reverse accuracy among all candidates, pooled over every cell and seed: {pct(proportion(k, n))}; "
+        f"cells whose pooled exact interval lies above chance: {', '.join(above) if above else 'none'} (of "
+        f"{len(run_cells)} run).",
+        f"Among the held-out answers only: pooled {pct(proportion(k_answers, n_answers))}; cells whose pooled exact "
+        f"interval lies above that chance: {', '.join(above_answers) if above_answers else 'none'}.",
         "Fitted (every trained split at 100 % and p >= 0.99 within the step budget): "
         + ", ".join(f"{c['label']} {c['n_fitted']}/{len(c['seeds'])}" for c in run_cells if c["n_fitted"] < len(
             c["seeds"])) + " did not fit in every seed; the others fitted in every seed." if any(
             c["n_fitted"] < len(c["seeds"]) for c in run_cells) else "Every run fitted within its step budget.",
-        f"Forward facts in fitted cells with more facts than one layer's OV rank ({len(past_rank)} cells): mean DLA "
-        f"share attention {mean_share(past_rank, 'attention_share'):.2f}, MLPs {mean_share(past_rank, 'mlp_share'):.2f}"
-        f"; with at most that many ({len(below_rank)} cells): attention "
-        f"{mean_share(below_rank, 'attention_share'):.2f}, MLPs {mean_share(below_rank, 'mlp_share'):.2f} "
-        "(means over every seed of those cells; per cell with t intervals in the table).",
-        "localize (target 0.8, chosen on half the pairs, measured on the other): chosen attention / MLP sites summed "
-        f"over seeds, facts above the OV rank {sum(c['localize_attention_sites'] for c in past_rank)} / "
-        f"{sum(c['localize_mlp_sites'] for c in past_rank)}, at or below it "
-        f"{sum(c['localize_attention_sites'] for c in below_rank)} / "
-        f"{sum(c['localize_mlp_sites'] for c in below_rank)}.",
+        "Who carries the forward fact, means over fitted runs of the DLA share of the forward logit difference, "
+        "with " + "; with ".join(rank_lines) + ".",
+        "Attention's mean DLA share per shape (layers, d_model) against the number of facts: "
+        + "; ".join(growth) + ".",
     ]
     notes = [
         f"Seeds per cell by the FLOP upper bound of its step budget: tiers {[list(t) for t in tiers]} (GFLOP, "
