@@ -236,3 +236,18 @@ def test_the_forward_stops_at_the_final_norm_with_the_models_residual(tiny_run, 
         residual = residual_before_final_norm(model, tiny_pairs.clean)
         assert torch.equal(residual, cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"])
         assert torch.equal(model.unembed(model.ln_final(residual)), logits)
+
+
+def test_attribution_in_chunks_equals_one_chunk(tiny_run, tiny_pairs, monkeypatch):
+    import revinterp.analysis.attribution_patching as ap
+
+    whole = ap.attribution_patch_components(tiny_run.model, tiny_pairs)
+    monkeypatch.setattr(ap, "PAIRS_PER_CHUNK", 3)
+    chunked = ap.attribution_patch_components(tiny_run.model, tiny_pairs)
+    assert len(tiny_pairs) > 3
+    for component, effects in whole.items():
+        for name in ("values", "clean", "corrupted"):
+            expected = getattr(effects, name)
+            got = getattr(chunked[component], name)
+            assert got.shape == expected.shape
+            assert (got - expected).abs().max().item() <= 1e-6 * max(1.0, expected.abs().max()), (component, name)

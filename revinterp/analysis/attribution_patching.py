@@ -85,6 +85,11 @@ def attribution_patch(
     return attribution_patch_components(model, pairs, (component,), metric=metric, direction=direction)[component]
 
 
+PAIRS_PER_CHUNK = 2048
+"""Prompt pairs per forward and backward: memory O(chunk x positions x d_model x hooks), whatever the number of
+pairs."""
+
+
 def attribution_patch_components(
     model,
     pairs: PromptPairs,
@@ -97,7 +102,8 @@ def attribution_patch_components(
 
     ``components`` defaults to :data:`~revinterp.analysis.sites.ATTRIBUTION_DEFAULT_COMPONENTS` (the full exact
     sweep's and ``head_out``); any of :data:`~revinterp.analysis.sites.COMPONENTS` may be given. ``mlp_out`` is
-    skipped silently on attention-only models when ``components`` is the default.
+    skipped silently on attention-only models when ``components`` is the default. Pairs go through in chunks of
+    :data:`PAIRS_PER_CHUNK`.
     """
     components = tuple(components)
     if model.cfg.attn_only and components == ATTRIBUTION_DEFAULT_COMPONENTS:
@@ -108,6 +114,22 @@ def attribution_patch_components(
     check_model_and_pairs(model, pairs, "attribution_patch", min_pairs=1, same_device=False)
 
     pairs = pairs.to(model_device(model))
+    chunks = [_attribute(model, pairs.select(list(range(start, min(start + PAIRS_PER_CHUNK, len(pairs))))),
+                         components, metric, direction) for start in range(0, len(pairs), PAIRS_PER_CHUNK)]
+    return {
+        component: SiteEffects(
+            values=torch.cat([c[component][0] for c in chunks], -1), clean=torch.cat([c[component][1] for c in chunks]),
+            corrupted=torch.cat([c[component][2] for c in chunks]), axes=COMPONENTS[component].axes,
+            component=component, direction=direction, metric=metric, labels=pairs.labels, method="attribution",
+        )
+        for component in components
+    }
+
+
+def _attribute(model, pairs: PromptPairs, components: tuple[str, ...], metric: str, direction: str
+               ) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
+    """Per component: the estimated metric per site ``[*site, batch]``, the clean and the corrupted metric, of one
+    chunk of pairs (one forward of the source, one forward and backward of the base)."""
     base, source = receiving_and_source(pairs, direction)
     n_layers = model.cfg.n_layers
     hook_names = list(dict.fromkeys(COMPONENTS[c].hook_name(layer) for c in components for layer in range(n_layers)))
@@ -139,11 +161,7 @@ def attribution_patch_components(
             elif "pos" not in spec.axes:
                 per_layer = [c.sum(1) for c in per_layer]  # every position of the head at once
             sites = torch.stack(per_layer).movedim(1, -1)  # [layer, ..., batch]
-            results[component] = SiteEffects(
-                values=(base_metric + sites).detach(), clean=clean_metric.detach(),
-                corrupted=corrupted_metric.detach(), axes=spec.axes, component=component, direction=direction,
-                metric=metric, labels=pairs.labels, method="attribution",
-            )
+            results[component] = ((base_metric + sites).detach(), clean_metric.detach(), corrupted_metric.detach())
     return results
 
 
