@@ -219,8 +219,17 @@ def main() -> None:
     config = dict(generator="seed_experiment", n_pairs=n_pairs, held_out_direction="forward", cells=args.cells,
                   cures=args.cures, scratch_tokens=args.scratch, model=study.model_config(0),
                   training=study.training_config(0))
+    left_out = [f"seeds {sorted(set(range(5)) - set(study.seeds))}" * (len(study.seeds) < 5),
+                f"cells {[c for c in STARVATION_CELLS if c not in args.cells]}" * (len(args.cells) < 4),
+                f"cures {[c for c in CURES if c not in args.cures]}" * (len(args.cures) < len(CURES)),
+                f"{n_pairs} pairs instead of 200" * (n_pairs != 200)]
+    notes = [f"Reduced run: {', '.join(x for x in left_out if x)} were not run (the full atlas is "
+             "`python analyses/mitigation_atlas.py`: 5 seeds, the 2x2 cells, 200 pairs)."] if any(left_out) else []
+    notes.append("Not run here: the pipeline's own analysis stages (`Study.analyze_all`): they read a prompt's last "
+                 "position and score answers on the bare model, which for a masked objective must go through its "
+                 "query (objectives.QueryModel, query_facts); the path and entry columns are this script's own.")
     study.finish(config=config, per_seed=per_seed, aggregates=aggregates, results_table=results_table,
-                 findings=findings)
+                 findings=findings, notes=notes)
 
 
 if __name__ == "__main__":
