@@ -54,13 +54,14 @@ def train_and_evaluate(facts, model_config, training_config, run_dir: str | Path
     """Train (or resume) a run, evaluate it on every split and write ``RUN_DIR/behaviour.json``."""
     from revinterp.evaluation import evaluate
     from revinterp.io import write_json
+    from revinterp.objectives import query_model
     from revinterp.rundir import run_lock
     from revinterp.training import train
 
     run_dir = Path(run_dir)
     result = train(facts, model_config, training_config, run_dir, resume=resume, device=device, progress=progress)
     with run_lock(run_dir, purpose="evaluate"):  # one writer per run directory (revinterp.rundir)
-        behaviour = evaluate(result.model, facts)
+        behaviour = evaluate(query_model(result.model, training_config.objective), facts)
         write_json(run_dir / BEHAVIOUR_FILE, behaviour.to_dict())
     return TrainedRun(run_dir, result, behaviour)
 
@@ -87,14 +88,18 @@ def analyze(run_dir: str | Path, *, device=None, progress: bool = True, max_pair
         raise ValueError(f"max_pairs={max_pairs}: expected at least 2 prompt pairs per split")
     run_dir = Path(run_dir)
     run = load_run(run_dir, device=device)
+    objective = read_training_config(run_dir).objective
     measures: dict[str, Callable[[], StageResult]] = {
-        "behaviour": lambda: behaviour_stage(run, progress),
+        "behaviour": lambda: behaviour_stage(run, progress, objective),
         "forward": lambda: forward_stage(run, max_pairs, progress),
         "reverse": lambda: reverse_stage(run, max_pairs, progress),
         "missing": lambda: missing_stage(run),
         "dynamics": lambda: dynamics_stage(run),
         "verdict": lambda: verdict_stage({name: result.numbers for name, result in done.items()}),
     }
+    if objective != "next_token":  # the prompt-based analyses read a next-token model's last prompt position
+        for name in ("forward", "reverse", "missing", "dynamics"):
+            measures[name] = lambda name=name: not_next_token_stage(name, objective)
     with run_lock(run_dir, purpose="analyze"):  # one writer per run directory (revinterp.rundir)
         bar = None
         if progress:
@@ -211,12 +216,15 @@ def prompt_length_for(run, splits) -> int | None:
     return max(fitting, key=fitting.get)
 
 
-def behaviour_stage(run, progress: bool = False) -> StageResult:
+def behaviour_stage(run, progress: bool = False, objective: str = "next_token") -> StageResult:
     """Behaviour per split (accuracy, rank and log-probability against chance, among all candidates and among the
-    held-out answers only) and the lexical-overlap diagnostic."""
+    held-out answers only) and the lexical-overlap diagnostic; a run trained with a masked objective is asked
+    through its query (:func:`revinterp.objectives.query_model`)."""
     from revinterp.evaluation import evaluate
+    from revinterp.objectives import query_model
 
-    behaviour = evaluate(run.model, run.facts, progress=progress)
+    behaviour = evaluate(query_model(run.model, objective, run.tokenizer), run.facts, tokenizer=run.tokenizer,
+                         progress=progress)
     result = StageResult("behaviour", behaviour.to_dict())
     result.figure("behaviour", "Accuracy per split", behaviour.plot(),
                   "Top-1 accuracy among the M candidate answers; markers show chance 1/M.")
@@ -520,6 +528,18 @@ def dynamics_stage(run) -> StageResult:
     isolated(result, "probability", lambda out: measure_probability_dynamics(run, out))
     isolated(result, "weights", lambda out: measure_weight_dynamics(run, out))
     return result
+
+
+def not_next_token_stage(stage: str, objective: str) -> StageResult:
+    """A stage whose analyses all read a next-token model's prompts, for a run trained otherwise: every analysis
+    recorded as not run, with the reason (never numbers read from the wrong position)."""
+    keys = {"forward": ("prompts",), "reverse": ("interventions", "weights", "probes", "interchange", "gradients",
+                                                 "starvation"), "missing": ("verdict",),
+            "dynamics": ("probability", "weights")}[stage]
+    reason = (f"the run was trained with objective {objective!r} (revinterp.objectives), which answers through its "
+              "query tokens, and this analysis reads a next-token model's prompt positions; analysing such runs is "
+              "not supported yet")
+    return StageResult(stage, {key: {"skipped": {"reason": reason, "objective": objective}} for key in keys})
 
 
 def verdict_stage(numbers: dict[str, dict]) -> StageResult:

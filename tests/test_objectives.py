@@ -185,24 +185,57 @@ def test_refusals():
                                "next_token")
 
 
-def held_out_reverse(objective: str, tmp_path) -> float:
-    """The one-sided exact binomial p-value of the held-out reverse hits against chance, on ``tiny``: 12 held-out
-    reverse questions among 40 candidates (12 hits of 12 at chance 1/40: p = 40^-12; 0 hits: p = 1)."""
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """``tiny`` runs per objective on 40 pairs, every one-way fact trained forward (12 held-out reverse questions
+    among 40 candidates), trained until fitted: ``trained(objective) -> run directory``."""
     facts = seed_experiment(40, held_out_direction="forward", seed=0)
-    result = train(facts, MODEL_PRESETS["tiny"], replace(TRAINING_PRESETS["tiny"], objective=objective),
-                   tmp_path / objective, progress=False, device="cpu")
-    assert result.fitted
+    runs = {}
+
+    def run(objective: str):
+        if objective not in runs:
+            run_dir = tmp_path_factory.mktemp(objective) / "run"
+            result = train(facts, MODEL_PRESETS["tiny"], replace(TRAINING_PRESETS["tiny"], objective=objective),
+                           run_dir, progress=False, device="cpu")
+            assert result.fitted
+            runs[objective] = (facts, result, run_dir)
+        return runs[objective]
+
+    return run
+
+
+def held_out_reverse(objective: str, trained) -> float:
+    """The one-sided exact binomial p-value of the held-out reverse hits against chance (12 hits of 12 at chance
+    1/40: p = 40^-12; 0 hits: p = 1)."""
+    facts, result, _ = trained(objective)
     model = result.model if objective == "next_token" else QueryModel(result.model, objective)
     held = evaluate(model, facts, ["reverse_held_out"], tokenizer=result.model.tokenizer)["reverse_held_out"]
     k, n = int(held.ranking.correct.sum()), len(held.question_rows)
     return binomtest(k, n, held.chance_accuracy, alternative="greater").pvalue
 
 
-def test_next_token_training_leaves_held_out_reverse_at_chance(tmp_path):
-    assert held_out_reverse("next_token", tmp_path) > 0.05
+def test_next_token_training_leaves_held_out_reverse_at_chance(trained):
+    assert held_out_reverse("next_token", trained) > 0.05
 
 
-def test_a_source_entity_target_lifts_held_out_reverse_above_chance(tmp_path):
+def test_a_source_entity_target_lifts_held_out_reverse_above_chance(trained):
     """The decoder-only masked objective (MLM-U lifts it too, 12 of 12 here, but needs ~20x the steps; the atlas,
     analyses/mitigation_atlas.py, measures it)."""
-    assert held_out_reverse("masked_causal", tmp_path) < 1e-6
+    assert held_out_reverse("masked_causal", trained) < 1e-6
+
+
+def test_the_pipeline_asks_a_masked_objective_run_through_its_query_and_skips_what_reads_prompts(trained):
+    from revinterp.pipeline import analyze
+    from revinterp.results import load_results
+    from revinterp.viz.report import write_report
+
+    facts, result, run_dir = trained("masked_causal")
+    analyze(run_dir, device="cpu", progress=False)
+    _, stages = load_results(run_dir)
+    held = evaluate(QueryModel(result.model, "masked_causal"), facts, tokenizer=result.model.tokenizer)
+    assert stages["behaviour"].numbers["splits"]["reverse_held_out"] == held["reverse_held_out"].metrics()
+    for stage, key in (("forward", "prompts"), ("reverse", "interventions"), ("missing", "verdict")):
+        assert "objective 'masked_causal'" in stages[stage].numbers[key]["skipped"]["reason"]
+    lines = {line["name"]: line for line in stages["verdict"].numbers["verdict"]["lines"]}
+    assert lines["behaviour"]["finding"] == "present" and lines["interventions"]["finding"] == "not run"
+    assert "not supported yet" in (write_report(run_dir)).read_text()
