@@ -348,7 +348,11 @@ def test_fact_file_split_column_fixes_each_facts_split(tmp_path):
             "Cleo Cole,parent_of,Dan Dale,child_of,reverse_held_out\n"
             "Eve Eng,child_of,Fay Fox,parent_of,reverse_held_out\n"  # as written trained: Fay parent_of Eve held out
             "Gus Gray,parent_of,Hal Hunt,child_of,forward_held_out\n")
-    facts = load_fact_file(write(tmp_path, "split.csv", rows), both_fraction=0.0, seed=123)
+    path = write(tmp_path, "split.csv", rows)
+    with pytest.raises(FactFileError, match=r"split.csv: its 'split' column fixes every fact's split, so "
+                                            r"both_fraction=0.0 would be ignored; expected the defaults"):
+        load_fact_file(path, both_fraction=0.0)
+    facts = load_fact_file(path, seed=123)  # the seed also seeds training: accepted, and unused for the splits
     split_of = {(s.subject, s.relation, s.object): s.split for s in facts.statements}
     assert split_of[("Ada Ash", "parent_of", "Ben Ash")] == FORWARD_SEEN
     assert split_of[("Ben Ash", "child_of", "Ada Ash")] == REVERSE_SEEN
@@ -363,6 +367,9 @@ def test_fact_manifest_loads_as_a_fact_file(tmp_path):
     facts = seed_experiment(20, seed=4)
     facts.save(tmp_path / "facts.json")
     assert load_fact_file(tmp_path / "facts.json", seed=99).statements == facts.statements
+    with pytest.raises(FactFileError, match=r"a fact manifest fixes every statement's split, so "
+                                            r"held_out_direction='forward' would be ignored"):
+        load_fact_file(tmp_path / "facts.json", held_out_direction="forward")
     (tmp_path / "bad.json").write_text('{"manifest_version": 1}')
     with pytest.raises(FactFileError, match=r"bad.json: field 'relations' is missing.*fact manifest"):
         load_fact_file(tmp_path / "bad.json")

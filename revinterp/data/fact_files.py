@@ -300,11 +300,27 @@ def _state(trained: bool) -> str:
     return "trained" if trained else "held out"
 
 
+DEFAULT_BOTH_FRACTION, DEFAULT_HELD_OUT_DIRECTION = 0.7, "random"
+"""How :func:`load_fact_file` draws the splits of a file that does not fix them."""
+
+
+def _refuse_split_options(path: Path, why: str, both_fraction: float, held_out_direction: str) -> None:
+    """A split drawn by the options would be silently ignored where the file fixes the splits: refuse options other
+    than the defaults (``revinterp run --both-fraction`` / ``--trained-direction`` with such a file)."""
+    given = [f"{name}={value!r}" for name, value, default in (
+        ("both_fraction", both_fraction, DEFAULT_BOTH_FRACTION),
+        ("held_out_direction", held_out_direction, DEFAULT_HELD_OUT_DIRECTION)) if value != default]
+    if given:
+        raise FactFileError(f"{path}: {why}, so {' and '.join(given)} would be ignored; expected the defaults "
+                            f"(both_fraction={DEFAULT_BOTH_FRACTION}, held_out_direction="
+                            f"{DEFAULT_HELD_OUT_DIRECTION!r}) with this file")
+
+
 def load_fact_file(
     path: str | Path,
     *,
-    both_fraction: float = 0.7,
-    held_out_direction: str = "random",
+    both_fraction: float = DEFAULT_BOTH_FRACTION,
+    held_out_direction: str = DEFAULT_HELD_OUT_DIRECTION,
     seed: int = 0,
     max_facts: int | None = None,
     max_words: int | None = None,
@@ -343,6 +359,8 @@ def load_fact_file(
     if not path.is_file():
         raise FactFileError(f"{path}: {'a directory, not a fact file' if path.is_dir() else 'no such fact file'}")
     if path.suffix.lower() == ".json":
+        _refuse_split_options(path, "a fact manifest fixes every statement's split", both_fraction,
+                              held_out_direction)
         try:
             return FactSet.load(path)
         except ValueError as e:
@@ -449,6 +467,9 @@ def load_fact_file(
         raise FactFileError(f"{path}: {len(facts)} fact(s); expected at least 2")
     relations = check_relations(Relation(n, inv, SYMBOLIC_TEMPLATE % n) for n, inv in inverses.items())
     explicit = all(given)
+    if explicit:
+        _refuse_split_options(path, f"its {SPLIT_COLUMN!r} column fixes every fact's split", both_fraction,
+                              held_out_direction)
     try:
         statements = split_facts(
             facts, relations, both_fraction=both_fraction, held_out_direction=held_out_direction, seed=seed,
