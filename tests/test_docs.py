@@ -61,7 +61,8 @@ EXPECTED_OUTPUT = {
     "04_your_own_facts": [
         r"^64 statements over relations \['child_of', 'parent_of'\]",
         r"^relations with several answers: \['child_of', 'parent_of'\]",
-        r"^'[A-Z][a-z]+ [A-Z][a-z]+' child_of -> \('[A-Z][a-z]+ [A-Z][a-z]+', '[A-Z][a-z]+ [A-Z][a-z]+'\)",  # two parents
+        # two parents
+        r"^'[A-Z][a-z]+ [A-Z][a-z]+' child_of -> \('[A-Z][a-z]+ [A-Z][a-z]+', '[A-Z][a-z]+ [A-Z][a-z]+'\)",
         r"^forward_seen\s+12  yes\s+100\.0% \[73\.5, 100\.0\]\s+12\.5%\s+1\.0 ",  # either child counts
         r"^reverse_held_out\s+4  no\s+0\.0% \[0\.0, 60\.2\]\s+12\.5%",  # 4 children, 2 parents each
         r"^among the 4 held-out answers: accuracy [\d.]+ \[[\d.]+, [\d.]+\] against chance 0\.50",
