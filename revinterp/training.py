@@ -508,6 +508,17 @@ def plain_model(model) -> torch.nn.Module:
     shared = {id(t) for t in tensors.values()}
     if not all(id(t) in shared for t in (*plain.parameters(), *plain.buffers())):
         raise RuntimeError("the plain model does not share every tensor with the bridge")
+    # Once the bridge has run, its blocks keep a pre-hook on the shared ln1 that stores ln1's input on the attention
+    # bridge for its own forward (which releases it at the end). A plain forward fires that hook too and nothing
+    # releases it: the stored activation, with its autograd graph, would stay on the bridge (memory held, and
+    # copy.deepcopy of the bridge refused). Release it after every plain forward.
+    captures = [m for m in model.modules() if hasattr(m, "_captured_pre_ln_residual")]
+
+    def release(*_):
+        for module in captures:
+            module._captured_pre_ln_residual = None
+
+    plain.register_forward_hook(release)
     return plain.train(model.training)
 
 

@@ -93,7 +93,7 @@ def test_load_your_own_facts_reports_a_bad_file(cwd, tmp_path):
 def test_open_the_report(cwd, tmp_path):
     out = tmp_path / "run"
     result = run_example("open_the_report.py", "--out", str(out), cwd=cwd)
-    assert "5 stages: behaviour (1 figures); forward (" in result.stdout
+    assert "6 stages: behaviour (1 figures); forward (" in result.stdout and "verdict (0 figures)" in result.stdout
     report = out / "report.html"
     assert f"report: {report} (" in result.stdout
     html = report.read_text()

@@ -272,22 +272,24 @@ def test_diverged_run_is_refused_everywhere(tmp_path, capsys):
 def test_weight_that_becomes_nan_stops_training(tmp_path, monkeypatch):
     """A NaN in a weight the loss never reads (the <eos> embedding) is caught at the next evaluation."""
     import revinterp.training as training
+    from revinterp.models import tokenizer_for
 
     calls = []
     original = training.batch_loss
+    facts = seed_experiment(12, seed=0)
+    eos = tokenizer_for(facts).eos_token_id
 
     def corrupting(model, batch, loss):
         calls.append(1)
         if len(calls) == 5:
-            with torch.no_grad():
-                model.embed.W_E[model.tokenizer.eos_token_id] = float("nan")
+            with torch.no_grad():  # training steps through the plain model, whose token embedding is the bridge's W_E
+                model.tok_embed.weight[eos] = float("nan")
         return original(model, batch, loss)
 
     monkeypatch.setattr(training, "batch_loss", corrupting)
     config = TrainingConfig(max_steps=30, eval_every=10, early_stop=False, n_checkpoints=2)
     with pytest.raises(DivergedRunError, match=r"diverged at step 10: weight .*embed.* holds 64 NaN"):
-        train(seed_experiment(12, seed=0), MODEL_PRESETS["tiny"], config, tmp_path / "r", progress=False,
-              device="cpu")
+        train(facts, MODEL_PRESETS["tiny"], config, tmp_path / "r", progress=False, device="cpu")
     assert "diverged" in json.loads((tmp_path / "r" / "training.json").read_text())
     from safetensors.torch import load_file
 

@@ -131,3 +131,20 @@ def test_training_record_states_device_and_threads(tiny_run_dir):
 
     record = json.loads((tiny_run_dir / "training.json").read_text())
     assert record["environment"] == {"device": "cpu", "torch_threads": torch.get_num_threads()}
+
+
+def test_plain_forwards_leave_nothing_on_the_bridge(tiny_run):
+    """After a bridge forward, the bridge's capture hook on the shared ln1 also fires in plain forwards; the plain
+    model releases what it stored, so no autograd graph stays on the bridge and the bridge can still be copied."""
+    import copy
+
+    from revinterp.training import plain_model
+
+    model = copy.deepcopy(tiny_run.model)
+    tokens = torch.tensor([[tiny_run.tokenizer.bos_token_id, 5, 6]])
+    with torch.no_grad():
+        model(tokens)  # wires the bridge's capture hooks
+    plain_model(model)(tokens).sum().backward()
+    held = [m for m in model.modules() if getattr(m, "_captured_pre_ln_residual", None) is not None]
+    assert held == []
+    copy.deepcopy(model)
