@@ -89,8 +89,10 @@ class TrainingConfig:
     """How a model is trained. Defaults are the seed's: AdamW, lr 0.01, batch 64.
 
     A split is *fitted* when its accuracy is 100 % and its mean answer probability is at least
-    ``fit_probability`` (0.99, as the seed's curves); training stops early once every trained
-    split is fitted (``early_stop``).
+    ``fit_probability`` (0.99, as the seed's curves), both over its distinct questions: a question with several
+    valid answers (a child's two parents) is right when the greedy answer is any of them and its probability is
+    that of any of them (:func:`per_question`); training stops early once every trained split is fitted
+    (``early_stop``).
     """
 
     max_steps: int = 6000
@@ -390,9 +392,9 @@ def _train_locked(facts, model, optimizer, model_config, training_config, run_di
             record = {"step": step, "loss": loss, "splits": {}}
             for name, data in eval_data.items():
                 logprob, correct = answer_scores(query, data, vocab_size=model_config.d_vocab)
-                record["splits"][name] = {
-                    "accuracy": correct.float().mean().item(), "probability": logprob.exp().mean().item(),
-                }
+                probability, hit = per_question(data.statements, logprob.exp(), correct)
+                record["splits"][name] = {"accuracy": hit.float().mean().item(),
+                                          "probability": probability.mean().item()}
         model.train()
         record["fitted"] = all(
             record["splits"][s]["accuracy"] == 1.0
@@ -520,6 +522,21 @@ def plain_model(model) -> torch.nn.Module:
 
     plain.register_forward_hook(release)
     return plain.train(model.training)
+
+
+def per_question(statements, probability: torch.Tensor, correct: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per distinct question ``(subject, relation)``: the probability of any of its valid answers (the sum over its
+    statements: distinct answers are disjoint events) and whether the greedy answer is one of them. With one answer
+    per question these are the statements' own values, so single-answer runs are unchanged; with ``k`` answers a
+    question can reach probability 1 where each answer alone reaches about ``1 / k``."""
+    index: dict[tuple[str, str], int] = {}
+    rows = torch.tensor([index.setdefault((s.subject, s.relation), len(index)) for s in statements],
+                        device=probability.device)
+    if len(index) == len(statements):
+        return probability, correct
+    total = torch.zeros(len(index), dtype=probability.dtype, device=probability.device).index_add_(0, rows, probability)
+    hits = torch.zeros(len(index), dtype=torch.long, device=correct.device).index_add_(0, rows, correct.long())
+    return total, hits > 0
 
 
 def batch_loss(model, batch, loss: str) -> torch.Tensor:

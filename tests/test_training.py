@@ -148,3 +148,27 @@ def test_plain_forwards_leave_nothing_on_the_bridge(tiny_run):
     held = [m for m in model.modules() if getattr(m, "_captured_pre_ln_residual", None) is not None]
     assert held == []
     copy.deepcopy(model)
+
+
+def test_questions_with_several_answers_can_fit(tmp_path):
+    """A child with two parents: each parent alone reaches p about 1/2, so fitting is judged per question (the
+    probability of either parent, a hit when the greedy answer is either); per statement the run could never fit."""
+    import math
+
+    from revinterp.data import celebrity_like
+    from revinterp.training import per_question
+
+    facts = celebrity_like(8, seed=0)
+    assert facts.many_answer_relations
+    result = train(facts, MODEL_PRESETS["tiny"], replace(TRAINING_PRESETS["tiny"], max_steps=1500), tmp_path / "r",
+                   progress=False, device="cpu")
+    assert result.fitted
+    last = read_history(tmp_path / "r")[-1]["splits"]
+    statements = facts.split("forward_seen")
+    probability, hit = per_question(statements, torch.full((len(statements),), 0.5), torch.zeros(len(statements)))
+    n_questions = len({(s.subject, s.relation) for s in statements})
+    assert len(probability) == n_questions < len(statements) and not hit.any()
+    assert math.isclose(probability.max().item(), 0.5 * max(
+        sum(1 for t in statements if (t.subject, t.relation) == (s.subject, s.relation)) for s in statements))
+    assert all(m["accuracy"] == 1.0 and m["probability"] >= 0.99 for name, m in last.items()
+               if name in ("forward_seen", "reverse_seen"))
