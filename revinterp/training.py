@@ -364,6 +364,9 @@ def _train_locked(facts, model, optimizer, model_config, training_config, run_di
     if resume and last.is_file():
         start_step, finished = load_training_state(last, model, optimizer, model_config)
         history = [h for h in read_history(run_dir) if h["step"] <= start_step]
+    # killed after the last step's state was saved but before the final model: the state holds those weights, so
+    # the run is finished from it (snapshot, model, record) without another step
+    complete = finished and (run_dir / "model.safetensors").is_file()
 
     trained_splits = [name for name in facts.split_names if facts.split(name)[0].trained]
     plain = plain_model(model)
@@ -458,16 +461,17 @@ def _train_locked(facts, model, optimizer, model_config, training_config, run_di
         finally:
             if bar is not None:
                 bar.close()
+    if complete:
+        load_weights(model, run_dir / "model.safetensors", model_config)
+    else:
         check_weights(step)
         if step not in snapshot_steps:
             save_weights(checkpoint_path(run_dir, step), model.state_dict(), model_config, step=step)
         save_model(run_dir, model, model_config)
-    else:
-        load_weights(model, run_dir / "model.safetensors", model_config)
     model.eval()
     fitted = bool(history and history[-1]["fitted"])
     guidance = fit_guidance(history, training_config, model_config)
-    if not finished:
+    if not complete:
         write_json(run_dir / TRAINING_FILE, {**training_record, "fit": {"fitted": fitted, "steps": step,
                                                                        "guidance": guidance}})
     return TrainingResult(model=model, run_dir=run_dir, steps=step, fitted=fitted, history=history,

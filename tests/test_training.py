@@ -172,3 +172,19 @@ def test_questions_with_several_answers_can_fit(tmp_path):
         sum(1 for t in statements if (t.subject, t.relation) == (s.subject, s.relation)) for s in statements))
     assert all(m["accuracy"] == 1.0 and m["probability"] >= 0.99 for name, m in last.items()
                if name in ("forward_seen", "reverse_seen"))
+
+
+def test_a_run_killed_after_its_last_state_but_before_its_model_is_finished_on_resume(tmp_path):
+    """The last step's state (weights and optimizer) is saved before the final model: a run killed in between
+    resumes to the same final model without another step (a sweep restarted after a kill reaches this state)."""
+    from safetensors.torch import load_file
+
+    facts = seed_experiment(12, seed=0)
+    config = TrainingConfig(max_steps=40, eval_every=20, early_stop=False, n_checkpoints=2)
+    train(facts, MODEL_PRESETS["tiny"], config, tmp_path / "r", progress=False, device="cpu")
+    final = load_file(tmp_path / "r" / "model.safetensors")
+    (tmp_path / "r" / "model.safetensors").unlink()
+    resumed = train(facts, MODEL_PRESETS["tiny"], config, tmp_path / "r", resume=True, progress=False, device="cpu")
+    assert resumed.steps == 40
+    again = load_file(tmp_path / "r" / "model.safetensors")
+    assert again.keys() == final.keys() and all(torch.equal(again[k], final[k]) for k in final)
