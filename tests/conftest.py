@@ -81,6 +81,16 @@ def default_run(default_run_dir):
     return load_run(default_run_dir, device="cpu")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module of tiny models (a second thread only adds synchronisation, badly so on a busy
+    machine); the previous count is restored after the module."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

@@ -28,14 +28,7 @@ from revinterp.objectives import (
 )
 from revinterp.training import TRAINING_PRESETS, TrainingConfig, train
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny models: a second intra-op thread only adds synchronisation (badly so on a busy machine)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def setup(objective: str, **facts_options):

@@ -51,7 +51,7 @@ COUNTERPARTS = {"reverse_held_out": ("reverse_seen", "reverse_only"), "forward_h
                 "chain_composed_held_out": ("chain_composed_seen",)}
 """The seen split whose behaviour is the positive control of each held-out split (the first present)."""
 
-__all__ = ["Line", "Verdict", "proportion_finding", "question_hits", "verdict"]
+__all__ = ["Line", "Verdict", "p_text", "proportion_finding", "question_hits", "verdict"]
 
 
 @dataclass(frozen=True)
@@ -101,9 +101,9 @@ class Verdict:
 
 def proportion_finding(hits: int, n: int, chance: float, seen: float) -> tuple[str, str]:
     """``(finding, evidence)`` for ``hits`` of ``n`` at ``chance``, against the seen proportion ``seen``."""
-    from scipy.stats import beta, binomtest
+    from scipy.stats import beta
 
-    p_above = float(binomtest(hits, n, chance, alternative="greater").pvalue)
+    p_above = _p_above(hits, n, chance)
     upper = 1.0 if hits == n else float(beta.ppf(1 - ALPHA, hits + 1, n - hits))
     bound = chance + MARGIN_FRACTION * max(seen - chance, 0.0)
     text = (f"{hits}/{n} = {100 * hits / n:.1f} % against chance {100 * chance:.2f} % (one-sided p = {p_above:.2g}; "
@@ -116,10 +116,15 @@ def proportion_finding(hits: int, n: int, chance: float, seen: float) -> tuple[s
     return UNDETERMINED, text + (f"; even zero hits would need n >= {needed}" if needed and needed > n else "")
 
 
-def _above_chance(hits: int, n: int, chance: float) -> tuple[bool, str]:
+def _p_above(hits: int, n: int, chance: float) -> float:
+    """One-sided exact binomial p-value of ``hits`` or more of ``n`` at ``chance``."""
     from scipy.stats import binomtest
 
-    p = float(binomtest(hits, n, chance, alternative="greater").pvalue)
+    return float(binomtest(hits, n, chance, alternative="greater").pvalue)
+
+
+def _above_chance(hits: int, n: int, chance: float) -> tuple[bool, str]:
+    p = _p_above(hits, n, chance)
     return p < ALPHA, f"{hits}/{n} against chance {100 * chance:.2f} % (one-sided p = {p:.2g})"
 
 
@@ -174,8 +179,8 @@ def behaviour_line(behaviour: dict, split: str) -> Line:
             finding, evidence = UNDETERMINED, evidence + ": above chance there, so absence is not shown"
     tests = m.get("tests")
     if tests:
-        evidence += (f"; rank worse than chance p = {_p(tests['rank_below_chance_p'])}, log-probability below "
-                     f"uniform p = {_p(tests['logprob_below_chance_p'])}")
+        evidence += (f"; rank worse than chance p = {p_text(tests['rank_below_chance_p'])}, log-probability below "
+                     f"uniform p = {p_text(tests['logprob_below_chance_p'])}")
     return Line("behaviour", finding if passed else INCONCLUSIVE, "pass" if passed else "fail", evidence,
                 f"{seen_name} " + control)
 
@@ -243,7 +248,8 @@ def missing_line(missing: dict, split: str) -> Line:
                 f"storage heads {', '.join(found['storage_heads'])}: {said}", control)
 
 
-def _p(p: float | None) -> str:
+def p_text(p: float | None) -> str:
+    """A p-value, or "n/a" where its test is undefined (too few questions, or no spread)."""
     return "n/a" if p is None else f"{p:.2g}"
 
 

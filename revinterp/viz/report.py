@@ -28,6 +28,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from revinterp.analysis.verdict import p_text
 from revinterp.io import atomic_write_text
 from revinterp.results import StageResult, load_results
 from revinterp.stats import format_fixed as num
@@ -88,11 +89,6 @@ def describe(value) -> str:
     if isinstance(value, list):
         return ", ".join(map(str, value))
     return str(value)
-
-
-def p_text(p: float | None) -> str:
-    """A p-value, or "n/a" where its test is undefined (too few questions, or no spread)."""
-    return "n/a" if p is None else f"{p:.2g}"
 
 
 def interval(est: dict) -> str:
