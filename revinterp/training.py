@@ -395,9 +395,10 @@ def _train_locked(facts, model, optimizer, model_config, training_config, run_di
             record = {"step": step, "loss": loss, "splits": {}}
             for name, data in eval_data.items():
                 logprob, correct = answer_scores(query, data, vocab_size=model_config.d_vocab)
-                probability, hit = per_question(data.statements, logprob.exp(), correct)
+                logprob, hit = per_question(data.statements, logprob, correct)
                 record["splits"][name] = {"accuracy": hit.float().mean().item(),
-                                          "probability": probability.mean().item()}
+                                          "probability": logprob.exp().mean().item(),
+                                          "log_probability": logprob.mean().item()}
         model.train()
         record["fitted"] = all(
             record["splits"][s]["accuracy"] == 1.0
@@ -528,19 +529,23 @@ def plain_model(model) -> torch.nn.Module:
     return plain.train(model.training)
 
 
-def per_question(statements, probability: torch.Tensor, correct: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per distinct question ``(subject, relation)``: the probability of any of its valid answers (the sum over its
-    statements: distinct answers are disjoint events) and whether the greedy answer is one of them. With one answer
-    per question these are the statements' own values, so single-answer runs are unchanged; with ``k`` answers a
-    question can reach probability 1 where each answer alone reaches about ``1 / k``."""
+def per_question(statements, logprob: torch.Tensor, correct: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per distinct question ``(subject, relation)``: the log-probability of any of its valid answers (the log of the
+    sum of its statements' probabilities: distinct answers are disjoint events) and whether the greedy answer is one
+    of them. With one answer per question these are the statements' own values, so single-answer runs are unchanged;
+    with ``k`` answers a question can reach probability 1 where each answer alone reaches about ``1 / k``."""
     index: dict[tuple[str, str], int] = {}
     rows = torch.tensor([index.setdefault((s.subject, s.relation), len(index)) for s in statements],
-                        device=probability.device)
+                        device=logprob.device)
     if len(index) == len(statements):
-        return probability, correct
-    total = torch.zeros(len(index), dtype=probability.dtype, device=probability.device).index_add_(0, rows, probability)
+        return logprob, correct
+    top = torch.full((len(index),), -torch.inf, dtype=logprob.dtype, device=logprob.device).scatter_reduce(
+        0, rows, logprob, "amax")
+    top = torch.where(torch.isfinite(top), top, 0.0)
+    total = torch.zeros(len(index), dtype=logprob.dtype, device=logprob.device).index_add_(
+        0, rows, (logprob - top[rows]).exp())
     hits = torch.zeros(len(index), dtype=torch.long, device=correct.device).index_add_(0, rows, correct.long())
-    return total, hits > 0
+    return total.log() + top, hits > 0
 
 
 def batch_loss(model, batch, loss: str) -> torch.Tensor:
@@ -665,7 +670,8 @@ def read_training_config(run_dir: str | Path) -> TrainingConfig:
 
 def read_history(run_dir: str | Path) -> list[dict]:
     """The periodic evaluations of a run (``history.jsonl``), each line checked: ``step`` an integer, ``loss`` a
-    number or null, ``splits`` an object of ``{accuracy, probability}`` numbers, ``fitted`` true or false."""
+    number or null, ``splits`` an object of ``{accuracy, probability}`` numbers in [0, 1] and, in runs since it was
+    recorded, ``log_probability`` (the mean log p(answer) over questions), ``fitted`` true or false."""
     path = Path(run_dir) / HISTORY_FILE
     if not path.is_file():
         return []
@@ -716,6 +722,9 @@ def check_history_record(where: str, record) -> None:
             if not finite_number(m.get(key)) or not 0 <= m[key] <= 1 + 1e-6:
                 raise CheckpointError(f"{where}: field 'splits.{name}.{key}' is {m.get(key)!r}; expected a "
                                       "number in [0, 1]")
+        if "log_probability" in m and not (is_number(m["log_probability"]) and m["log_probability"] <= 1e-6):
+            raise CheckpointError(f"{where}: field 'splits.{name}.log_probability' is {m['log_probability']!r}; "
+                                  "expected a number <= 0 (or -Infinity)")
 
 
 def write_history(run_dir: Path, history: list[dict]) -> None:

@@ -165,13 +165,18 @@ def test_questions_with_several_answers_can_fit(tmp_path):
     assert result.fitted
     last = read_history(tmp_path / "r")[-1]["splits"]
     statements = facts.split("forward_seen")
-    probability, hit = per_question(statements, torch.full((len(statements),), 0.5), torch.zeros(len(statements)))
+    logprob, hit = per_question(statements, torch.full((len(statements),), math.log(0.5)),
+                                torch.zeros(len(statements)))
     n_questions = len({(s.subject, s.relation) for s in statements})
-    assert len(probability) == n_questions < len(statements) and not hit.any()
-    assert math.isclose(probability.max().item(), 0.5 * max(
-        sum(1 for t in statements if (t.subject, t.relation) == (s.subject, s.relation)) for s in statements))
+    assert len(logprob) == n_questions < len(statements) and not hit.any()
+    assert math.isclose(logprob.exp().max().item(), 0.5 * max(
+        sum(1 for t in statements if (t.subject, t.relation) == (s.subject, s.relation)) for s in statements),
+        rel_tol=1e-6)
+    far = per_question(statements, torch.full((len(statements),), -200.0), torch.zeros(len(statements)))[0]
+    assert torch.isfinite(far).all() and far.max().item() > -200  # summed in log space: no underflow to -inf
     assert all(m["accuracy"] == 1.0 and m["probability"] >= 0.99 for name, m in last.items()
                if name in ("forward_seen", "reverse_seen"))
+    assert all(m["log_probability"] <= math.log(m["probability"]) + 1e-6 for m in last.values())  # Jensen
 
 
 def test_a_run_killed_after_its_last_state_but_before_its_model_is_finished_on_resume(tmp_path):
