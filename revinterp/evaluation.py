@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -552,19 +552,27 @@ def candidate_rankings(model, facts: FactSet, statements: Sequence[Statement], t
     parts: dict[str, list[CandidateRanking]] = {"sum": [], "length_fair": [], "held_out_answers": []}
     order = []
     for group in groups:
-        scores = candidate_score_matrix(model, facts, statements, group, tokenizer, check=check, rows=rows, bar=bar)
-        if check:
-            check_finite_output(scores, f"candidate scores of relation {group.relation!r}")
-        valid = torch.tensor([[c in facts.answers(statements[i].subject, group.relation) for c in group.candidates]
-                              for i in group.rows])
-        lengths = torch.tensor([len(c) for c in group.candidate_ids], dtype=scores.dtype)
-        parts["sum"].append(rank_among(scores, valid))
-        fair = rank_among(scores / lengths, valid)
-        parts["length_fair"].append(CandidateRanking(fair.correct, fair.rank, fair.n_candidates, fair.n_valid))
-        if held_out_answers:
-            own = {statements[i].object for i in group.rows}
-            keep = torch.tensor([c in own for c in group.candidates])
-            parts["held_out_answers"].append(rank_among(scores[:, keep], valid[:, keep]))
+        column = {c: j for j, c in enumerate(group.candidates)}
+        lengths = torch.tensor([len(c) for c in group.candidate_ids], dtype=torch.float32)
+        own = {statements[i].object for i in group.rows}
+        keep = torch.tensor([c in own for c in group.candidates])
+        # statements a chunk at a time: the score matrix holds at most LOGIT_ELEMENTS numbers, O(chunk x candidates)
+        per_chunk = max(1, LOGIT_ELEMENTS // len(group.candidates))
+        for start in range(0, len(group.rows), per_chunk):
+            part = replace(group, rows=group.rows[start:start + per_chunk])
+            scores = candidate_score_matrix(model, facts, statements, part, tokenizer, check=check, rows=rows,
+                                            bar=bar)
+            if check:
+                check_finite_output(scores, f"candidate scores of relation {group.relation!r}")
+            valid = torch.zeros(scores.shape, dtype=torch.bool)
+            cells = [(k, column[answer]) for k, i in enumerate(part.rows)
+                     for answer in facts.answers(statements[i].subject, group.relation)]
+            valid[[k for k, _ in cells], [j for _, j in cells]] = True
+            parts["sum"].append(rank_among(scores, valid))
+            fair = rank_among(scores / lengths.to(scores.dtype), valid)
+            parts["length_fair"].append(CandidateRanking(fair.correct, fair.rank, fair.n_candidates, fair.n_valid))
+            if held_out_answers:
+                parts["held_out_answers"].append(rank_among(scores[:, keep], valid[:, keep]))
         order += group.rows
     back = torch.empty(len(statements), dtype=torch.long)
     back[torch.tensor(order)] = torch.arange(len(statements))

@@ -211,6 +211,8 @@ def non_finite_summary(name: str, tensor: torch.Tensor) -> str | None:
     """``"blocks.0.attn.W_Q holds 3 NaN and 1 infinite values of 4096"``, or None for a finite tensor."""
     if not (tensor.is_floating_point() or tensor.is_complex()):
         return None
+    if bool(torch.isfinite(tensor.sum())):  # NaN and infinities carry into the sum (a cheap reduction); a finite
+        return None                         # tensor whose sum overflows falls through to the exact count
     finite = torch.isfinite(tensor)
     if bool(finite.all()):
         return None

@@ -78,24 +78,39 @@ def faithfulness(model, pairs: PromptPairs, edges: Sequence[Edge], *, replacemen
 
     ``replacement="corrupted"``: an ablated edge reads its sender's write on the corrupted prompt; ``"mean"``: the
     mean write per position over the clean prompts of ``reference`` (default ``pairs``)."""
-    check_choice("replacement", replacement, REPLACEMENTS)
-    check_model_and_pairs(model, pairs, "faithfulness")
-    n_pos = pairs.clean.shape[1]
-    for e in edges:
-        check_edge(model, e, n_pos)
-    graph = _Graph(model)
-    ca, cb = pairs.clean_answer, pairs.corrupted_answer
-    with torch.no_grad():
-        full_logits, _, _ = graph.record(pairs.clean)
-        if replacement == "corrupted":
-            writes = graph.record(pairs.corrupted)[1]
-        else:
-            writes = graph.record((reference or pairs).clean)[1].mean(0, keepdim=True)
-        kept = graph.run(pairs.clean, writes, graph.mask_for(edges, n_pos, value=0.0, fill=1.0))
-        empty = graph.run(pairs.clean, writes, graph.mask_for([], n_pos, fill=1.0))
-    value = lambda logits: metric_values(metric, logits, ca, cb)  # noqa: E731
-    return Faithfulness(circuit=value(kept), full=value(full_logits), empty=value(empty), replacement=replacement,
-                        n_edges=len(edges))
+    return _Ablations(model, pairs, replacement=replacement, metric=metric, reference=reference)(edges)
+
+
+class _Ablations:
+    """Ablate-outside runs of many circuits on one set of pairs: the clean run, the replacement writes and the
+    everything-ablated run are recorded once, and each call runs one circuit (:func:`faithfulness`)."""
+
+    def __init__(self, model, pairs: PromptPairs, *, replacement: str = "corrupted", metric: str = "logit_diff",
+                 reference: PromptPairs | None = None):
+        check_choice("replacement", replacement, REPLACEMENTS)
+        check_model_and_pairs(model, pairs, "faithfulness")
+        self.model, self.pairs, self.replacement, self.metric = model, pairs, replacement, metric
+        self.graph, self.n_pos = _Graph(model), pairs.clean.shape[1]
+        with torch.no_grad():
+            full_logits, _, _ = self.graph.record(pairs.clean)
+            if replacement == "corrupted":
+                self.writes = self.graph.record(pairs.corrupted)[1]
+            else:
+                self.writes = self.graph.record((reference or pairs).clean)[1].mean(0, keepdim=True)
+            empty = self.graph.run(pairs.clean, self.writes, self.graph.mask_for([], self.n_pos, fill=1.0))
+        self.full, self.empty = self.value(full_logits), self.value(empty)
+
+    def value(self, logits: Tensor) -> Tensor:
+        return metric_values(self.metric, logits, self.pairs.clean_answer, self.pairs.corrupted_answer)
+
+    def __call__(self, edges: Sequence[Edge]) -> Faithfulness:
+        for e in edges:
+            check_edge(self.model, e, self.n_pos)
+        with torch.no_grad():
+            kept = self.graph.run(self.pairs.clean, self.writes,
+                                  self.graph.mask_for(edges, self.n_pos, value=0.0, fill=1.0))
+        return Faithfulness(circuit=self.value(kept), full=self.full, empty=self.empty,
+                            replacement=self.replacement, n_edges=len(edges))
 
 
 @dataclass(frozen=True)
@@ -214,10 +229,10 @@ def find_circuit(
     # backward elimination (as ACDC prunes): from every candidate, repeatedly drop the edge whose removal costs the
     # least discovery recovery; sizes[k] is the best set of k + 1 edges found this way
     kept = list(candidates)
-    sizes = {len(kept): (tuple(kept), faithfulness(model, discovery, kept, metric=metric).recovered)}
+    on_discovery = _Ablations(model, discovery, metric=metric)
+    sizes = {len(kept): (tuple(kept), on_discovery(kept).recovered)}
     while len(kept) > 1:
-        scores = [faithfulness(model, discovery, kept[:i] + kept[i + 1:], metric=metric).recovered
-                  for i in range(len(kept))]
+        scores = [on_discovery(kept[:i] + kept[i + 1:]).recovered for i in range(len(kept))]
         drop = max(range(len(kept)), key=lambda i: scores[i])
         kept.pop(drop)
         sizes[len(kept)] = (tuple(kept), scores[drop])
