@@ -201,7 +201,8 @@ def make_prompt_pairs(
     if len(statements) < 2:
         raise ValueError(f"split {split!r} has {len(statements)} statement(s); expected at least 2 for prompt pairs")
     encoded = encode_statements(facts, statements, tokenizer)
-    counts = Counter(int(n) for n in encoded.prompt_lengths)
+    prompt_lengths, answer_lengths = encoded.prompt_lengths.tolist(), encoded.answer_lengths.tolist()
+    counts = Counter(prompt_lengths)
     if prompt_length is None and len(counts) > 1:
         raise ValueError(
             f"split {split!r}: prompts have several lengths (tokens: statements) {dict(sorted(counts.items()))}; "
@@ -210,7 +211,7 @@ def make_prompt_pairs(
     length = prompt_length if prompt_length is not None else next(iter(counts))
     groups: dict[str, list[int]] = {}
     for i, s in enumerate(statements):
-        if int(encoded.prompt_lengths[i]) == length:
+        if prompt_lengths[i] == length:
             groups.setdefault(s.relation, []).append(i)
     pairable = [rows for rows in groups.values() if len(rows) >= 2]
     if not pairable:
@@ -237,8 +238,7 @@ def make_prompt_pairs(
                 left_out["answer_also_valid"] += 1
             else:
                 candidates.append((i, j))
-    answers = [encoded.tokens[i, length:length + int(encoded.answer_lengths[i])].tolist()
-               for i in range(len(statements))]
+    answers = [row[length:length + n] for row, n in zip(encoded.tokens.tolist(), answer_lengths)]
     by_offset: dict[int, list[tuple[int, int]]] = {}
     for i, j in candidates:
         offset = common_prefix_length(answers[i], answers[j])

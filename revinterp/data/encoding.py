@@ -56,16 +56,15 @@ def encode_statements(facts: FactSet, statements: Sequence[Statement], tokenizer
     if not statements:
         raise ValueError("no statements to encode")
     rows, prompt_lengths, answer_lengths = [], [], []
+    bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id  # attribute lookups of a HF tokenizer are slow
     for s in statements:
-        prompt = [tokenizer.bos_token_id, *encode_words(tokenizer, facts.prompt_words(s))]
+        prompt = [bos, *encode_words(tokenizer, facts.prompt_words(s))]
         answer = encode_words(tokenizer, s.object.split())
         rows.append(prompt + answer)
         prompt_lengths.append(len(prompt))
         answer_lengths.append(len(answer))
     width = max(map(len, rows))
-    tokens = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-    for i, row in enumerate(rows):
-        tokens[i, : len(row)] = torch.tensor(row)
+    tokens = torch.tensor([row + [pad] * (width - len(row)) for row in rows], dtype=torch.long)
     return EncodedStatements(
         tokens, torch.tensor(prompt_lengths), torch.tensor(answer_lengths), tuple(statements)
     )
