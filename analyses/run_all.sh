@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 studies=("$@")
 if [ ${#studies[@]} -eq 0 ]; then
   studies=(seed_experiment multi_token chain theory localization reverse_path starvation_2x2 mitigations dynamics
-           circuits capacity)
+           circuits capacity mitigation_atlas seed_code_comparison)
 fi
 for study in "${studies[@]}"; do
   mkdir -p "analyses/results/$study/runs"
