@@ -25,6 +25,14 @@ class DeprecatedAlias(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+def scratch_count(text: str) -> int:
+    """``--scratch-tokens K``: a whole number >= 0 (refused while parsing, before any heavy import)."""
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= 0 (scratch tokens before every "
+                                         "answer; 0: none)")
+    return int(text)
+
+
 def add_data_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data (default: the seed experiment of Zhu et al. 2024)")
     g.add_argument("--data", choices=("seed", "chain", "graph"), default="seed",
@@ -64,6 +72,9 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
                    help="add a mitigation's training statements: reverse training by token or by entity "
                         "(Golovneva et al. 2024), semantic-unit permutation (Guo et al. 2024), identity-bridge "
                         "statements 'x r x'; the held-out questions stay the same")
+    g.add_argument("--scratch-tokens", type=scratch_count, default=0, metavar="K",
+                   help="K tokens '[scratch]' between the relation and the answer of every statement (0 = none, the "
+                        "default); with --mitigation they are added after it, to its statements too")
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:

@@ -72,9 +72,16 @@ PRESETS = ("tiny", "default", "deep")
 FACT_DEFAULTS: dict[str, object] = {
     "data": "seed", "facts": None, "n_pairs": 200, "both_fraction": 0.7, "trained_direction": "random",
     "tokens_per_entity": 1, "relations": 1, "template": "symbolic", "shared_tokens": False, "attributes": 0,
-    "feed": "none", "mitigation": "none",
+    "feed": "none", "mitigation": "none", "scratch_tokens": 0,
 }
-"""The fact options of a cell and their defaults: those of ``revinterp run`` (``--n-pairs`` is ``n_pairs`` ...)."""
+"""The fact options of a cell and their defaults: those of ``revinterp run`` (``--n-pairs`` is ``n_pairs`` ...).
+``scratch_tokens`` (k tokens ``[scratch]`` before every answer, :func:`revinterp.data.with_scratch_tokens`) is applied
+last, after the mitigation, so that the augmented statements get them before their answer too."""
+
+FACT_OMITTED_AT_DEFAULT = {"scratch_tokens": 0}
+"""Fact options added after sweeps were first run: left out of a cell's configuration while at this default, so the
+hash (the run directory's name) of every earlier cell stays as it was (as :data:`revinterp.models.OMITTED_AT_DEFAULT`
+for the model and training)."""
 
 FACT_CHOICES = {"data": ("seed", "chain", "graph"), "trained_direction": ("random", "forward", "reverse"),
                 "template": ("symbolic", "natural"), "feed": ("none", "subject", "answer", "both"),
@@ -164,6 +171,10 @@ def coerce(name: str, value, *, base: Path | None = None):
                 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in value)):
             raise bad("a pair of numbers [beta1, beta2] (in a grid axis, a list of pairs: [[0.9, 0.999], ...])")
         return [float(b) for b in value]
+    if name == "scratch_tokens":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise bad("a whole number >= 0 (scratch tokens before every answer; 0: none)")
+        return value
     default = {**FACT_DEFAULTS, **model_fields(), **training_fields(), "seed": 0}[name]
     if isinstance(default, bool):
         if not isinstance(value, bool):
@@ -336,7 +347,7 @@ class Cell:
 
     def config(self) -> dict:
         """The full configuration as JSON data (the fact file by its content's SHA-256)."""
-        facts = dict(self.facts)
+        facts = {k: v for k, v in self.facts.items() if FACT_OMITTED_AT_DEFAULT.get(k, object()) != v}
         if facts.get("facts") is not None:
             facts["facts"] = f"sha256:{self.facts_sha256}"
         from revinterp.models import config_record  # settings added later, at their defaults, keep the old hashes
@@ -449,8 +460,9 @@ def config_problems(model, training) -> list[str]:
 
 
 def build_facts(options: Mapping, seed: int, *, progress: bool = False):
-    """The fact set of a cell's fact options (what ``revinterp run`` builds from its options, through this);
-    ``progress`` shows a bar while a fact file loads."""
+    """The fact set of a cell's fact options (what ``revinterp run`` builds from its options, through this): the
+    data, its feed or attributes, its mitigation, then its scratch tokens; ``progress`` shows a bar while a fact file
+    loads."""
     from revinterp.data import (
         apply_mitigation,
         chain_experiment,
@@ -459,6 +471,7 @@ def build_facts(options: Mapping, seed: int, *, progress: bool = False):
         seed_experiment,
         starvation_cell,
         with_attributes,
+        with_scratch_tokens,
     )
 
     o = {**FACT_DEFAULTS, **options}
@@ -480,7 +493,9 @@ def build_facts(options: Mapping, seed: int, *, progress: bool = False):
     if o["feed"] != "none":
         facts = starvation_cell(facts, feed_subject=o["feed"] in ("subject", "both"),
                                 feed_answer=o["feed"] in ("answer", "both"), n_values=o["attributes"] or 8, seed=seed)
-    return facts if o["mitigation"] == "none" else apply_mitigation(facts, o["mitigation"])
+    if o["mitigation"] != "none":
+        facts = apply_mitigation(facts, o["mitigation"])
+    return with_scratch_tokens(facts, o["scratch_tokens"]) if o["scratch_tokens"] else facts
 
 
 def validate(cells: Sequence[Cell]) -> None:
@@ -1023,8 +1038,9 @@ def config_columns(record: dict) -> dict:
     """A cell's configuration as flat columns: ``preset``, ``seed``, ``facts.*``, ``model.*``, ``training.*``."""
     config = record["config"]
     row = {"preset": record.get("preset"), "seed": config["seed"]}
+    facts = config["facts"] if "fact_set" in config["facts"] else {**FACT_OMITTED_AT_DEFAULT, **config["facts"]}
     for group in ("facts", "model", "training"):
-        for name, value in config[group].items():
+        for name, value in (facts if group == "facts" else config[group]).items():
             if group in ("model", "training") and name == "seed" or group == "model" and name in DERIVED_MODEL_FIELDS:
                 continue
             if isinstance(value, list):

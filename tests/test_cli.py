@@ -159,3 +159,33 @@ def test_preset_auto_sizes_the_model_from_the_facts(tmp_path, capsys):
     assert "preset auto: 20 trained statements -> preset 'tiny'" in capsys.readouterr().out
     assert json.loads((out / "model.json").read_text())["model"]["d_model"] == MODEL_PRESETS["tiny"].d_model
     assert main(["run", "--preset", "auto", "--seeds", "0", "1", "--out", str(tmp_path / "s")]) == 2
+
+
+def test_scratch_tokens_are_refused_while_parsing_before_any_heavy_import():
+    code = ("import sys; from revinterp.cli import main\n"
+            "try:\n    main(['train', '--scratch-tokens', '-1'])\n"
+            "except SystemExit as e:\n    print(e.code, 'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.split() == ["2", "False"]
+    assert ("revinterp train: error: argument --scratch-tokens: '-1': expected a whole number >= 0 (scratch tokens "
+            "before every answer; 0: none)") in result.stderr
+
+
+def test_train_with_a_mitigation_then_scratch_tokens(tmp_path, capsys):
+    from revinterp.cli import build_parser, seed_grid
+    from revinterp.data import FactSet, apply_mitigation, seed_experiment, with_scratch_tokens
+    from revinterp.models import load_run
+
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "tiny", "--n-pairs", "12", "--steps", "2", "--mitigation", "identity_bridge",
+                 "--scratch-tokens", "3", "--out", str(out), "--quiet", "--device", "cpu"]) == 0
+    facts = FactSet.load(out / "facts.json")
+    expected = with_scratch_tokens(apply_mitigation(seed_experiment(12, seed=0), "identity_bridge"), 3)
+    assert facts.to_manifest() == expected.to_manifest()
+    assert facts.source["mitigation"] == "identity_bridge" and facts.source["scratch_tokens"] == 3
+    assert facts.relations["->"].template == "{subject} -> [scratch] [scratch] [scratch] {object}"
+    assert "[scratch]" in load_run(out, device="cpu").tokenizer.get_vocab()
+    args = build_parser().parse_args(["run", "--scratch-tokens", "3", "--mitigation", "permute", "--seeds", "0", "1"])
+    grid = seed_grid(args, [0, 1])["grid"]
+    assert grid["scratch_tokens"] == 3 and grid["mitigation"] == "permute"
+    assert "scratch_tokens" not in seed_grid(build_parser().parse_args(["run", "--seeds", "0", "1"]), [0, 1])["grid"]

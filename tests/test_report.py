@@ -51,6 +51,69 @@ def test_analyses_are_saved_per_stage_and_the_report_shows_them(analysed_run):
     assert "reverse_held_out" in page and "chance" in page
 
 
+def test_a_plain_run_says_next_token_training_and_no_mitigation(analysed_run):
+    run_dir, _ = analysed_run
+    assert json.loads((run_dir / "training.json").read_text())["training"]["objective"] == "next_token"
+    assert "mitigation" not in json.loads((run_dir / "facts.json").read_text())["source"]
+    page = (run_dir / "report.html").read_text()
+    assert ("<h1>The reversal curse in run</h1><p class='summary'>Training objective: next-token training "
+            "(next_token); data mitigation: none; scratch tokens: none.</p>") in page
+
+
+@pytest.fixture(scope="module")
+def cured_run(tmp_path_factory):
+    """A tiny run trained with a mitigation, scratch tokens after it and a masked objective, by `revinterp run`
+    (the masked objective skips the prompt-reading analyses, so it is quick)."""
+    run_dir = tmp_path_factory.mktemp("cured") / "run"
+    assert main(["run", "--preset", "tiny", "--n-pairs", "12", "--steps", "30", "--mitigation", "reverse_entity",
+                 "--scratch-tokens", "2", "--objective", "masked_causal", "--out", str(run_dir), "--quiet",
+                 "--device", "cpu"]) == 0
+    return run_dir
+
+
+def test_the_report_shows_the_cure_of_its_run(cured_run):
+    assert json.loads((cured_run / "training.json").read_text())["training"]["objective"] == "masked_causal"
+    manifest = json.loads((cured_run / "facts.json").read_text())
+    assert manifest["source"]["mitigation"] == "reverse_entity" and manifest["source"]["scratch_tokens"] == 2
+    augmented = [s for s in manifest["statements"] if s["split"] == "augmented"]
+    trained = [s for s in manifest["statements"] if s["split"] in ("forward_seen", "reverse_seen", "forward_only",
+                                                                   "reverse_only")]
+    assert len(augmented) == len(trained) == 20  # one reversed statement per trained one
+    page = (cured_run / "report.html").read_text()
+    assert ("<p class='summary'>Training objective: masked-causal training (masked_causal); data mitigation: "
+            "reverse_entity (20 augmented training statements); scratch tokens: 2 before every answer.</p>") in page
+
+
+def test_the_cure_is_read_from_the_run_files_and_escaped(cured_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(cured_run, run_dir)
+    (run_dir / "model.safetensors").unlink()  # no model needed
+    path = run_dir / "facts.json"
+    manifest = json.loads(path.read_text())
+    manifest["source"].update(mitigation="<script>alert(1)</script>", scratch_tokens="<b>5</b>")
+    path.write_text(json.dumps(manifest))
+    page = write_report(run_dir).read_text()
+    assert "<script>alert(1)</script>" not in page and "<b>5</b>" not in page
+    assert ("data mitigation: &lt;script&gt;alert(1)&lt;/script&gt; (20 augmented training statements); scratch "
+            "tokens: &lt;b&gt;5&lt;/b&gt; before every answer.") in page
+
+
+def test_cure_summary_names_every_objective_and_the_bridge_relation():
+    from revinterp.data import apply_mitigation, seed_experiment
+    from revinterp.objectives import OBJECTIVES
+    from revinterp.viz.report import OBJECTIVE_NAMES, cure_summary
+
+    assert tuple(OBJECTIVE_NAMES) == OBJECTIVES
+    facts = apply_mitigation(seed_experiment(6, seed=0), "identity_bridge", bridge_relation="identity")
+    n = sum(s.split == "augmented" for s in facts.statements)
+    assert n == 12  # every entity once: 6 subjects and 6 answers
+    assert cure_summary("blank_infilling", facts) == (
+        "Training objective: blank infilling (blank_infilling); data mitigation: identity_bridge (bridge relation "
+        "identity; 12 augmented training statements); scratch tokens: none.")
+    assert cure_summary("mlm_u", seed_experiment(6, seed=0)) == (
+        "Training objective: MLM-U (mlm_u); data mitigation: none; scratch tokens: none.")
+
+
 def test_the_verdict_judges_the_held_out_split_from_every_line(analysed_run):
     run_dir, _ = analysed_run
     _, stages = load_results(run_dir)

@@ -109,9 +109,51 @@ def test_settings_added_later_at_their_default_keep_the_cell_names():
     assert other.config()["model"]["attention_dir"] == "bidirectional" and other.name != cell.name
 
 
+def test_scratch_tokens_at_their_default_keep_the_cell_names():
+    plain = sw.make_cell({"preset": "tiny", "n_pairs": 20})
+    assert plain.name == "seed0-64d8611042c9"  # its name before scratch_tokens existed (commit 8731fb9)
+    mitigated = sw.make_cell({"preset": "default", "seed": 3, "mitigation": "reverse_entity"})
+    assert mitigated.name == "seed3-9f3d9795af3f"
+    assert sw.make_cell({"preset": "tiny", "n_pairs": 20, "scratch_tokens": 0}).name == plain.name
+    config = plain.config()
+    assert "scratch_tokens" not in config["facts"]
+    old_facts = {k: v for k, v in {**sw.FACT_DEFAULTS, "n_pairs": 20}.items() if k != "scratch_tokens"}
+    without = {**config, "facts": old_facts}  # the configuration as it was before the option existed
+    assert hashlib.sha256(sw.canonical_json(without).encode()).hexdigest()[:12] == plain.key
+    scratched = sw.make_cell({"preset": "tiny", "n_pairs": 20, "scratch_tokens": 2})
+    assert scratched.config()["facts"]["scratch_tokens"] == 2 and scratched.name != plain.name
+    record = {"preset": "tiny", "config": config}
+    assert sw.config_columns(record)["facts.scratch_tokens"] == 0  # the table has the column for every cell
+    assert sw.config_columns({"preset": "tiny", "config": scratched.config()})["facts.scratch_tokens"] == 2
+
+
+def test_scratch_tokens_come_after_the_mitigation():
+    """The mitigation's reversed statements get the scratch tokens before their answer too (scratch tokens first
+    would put them between the reversed statement's subject and relation)."""
+    from revinterp.data import apply_mitigation, encode_statements, with_scratch_tokens
+    from revinterp.models import tokenizer_for
+
+    options = {"n_pairs": 16, "trained_direction": "forward", "mitigation": "reverse_entity"}
+    both = sw.build_facts({**options, "scratch_tokens": 2}, 0)
+    plain = sw.build_facts({"n_pairs": 16, "trained_direction": "forward"}, 0)
+    assert both.to_manifest() == with_scratch_tokens(apply_mitigation(plain, "reverse_entity"), 2).to_manifest()
+    assert both.statements == apply_mitigation(plain, "reverse_entity").statements
+    assert {name: r.template for name, r in both.relations.items()} == {
+        "->": "{subject} -> [scratch] [scratch] {object}", "<-": "{subject} <- [scratch] [scratch] {object}",
+        "reverse_entity:->": "[rev] {subject} -> [scratch] [scratch] {object}",
+        "reverse_entity:<-": "[rev] {subject} <- [scratch] [scratch] {object}"}
+    assert both.source["mitigation"] == "reverse_entity" and both.source["scratch_tokens"] == 2
+    tokenizer = tokenizer_for(both)
+    augmented = next(s for s in both.statements if s.split == "augmented")
+    words = tokenizer.convert_ids_to_tokens(encode_statements(both, [augmented], tokenizer).tokens[0].tolist())
+    assert words[:6] == ["<bos>", "[rev]", augmented.subject, "->", "[scratch]", "[scratch]"]
+    assert words[6] == augmented.object
+
+
 @pytest.mark.parametrize("options", [
     {"n_pairs": 20},
     {"n_pairs": 20, "trained_direction": "forward", "mitigation": "reverse_entity"},
+    {"n_pairs": 16, "mitigation": "permute", "scratch_tokens": 3},
     {"data": "chain", "n_pairs": 10, "both_fraction": 0.5},
     {"data": "graph", "n_pairs": 12, "relations": 3, "attributes": 4},
     {"n_pairs": 10, "tokens_per_entity": 2, "template": "natural", "shared_tokens": True},
@@ -148,6 +190,9 @@ def test_the_sweep_knows_every_data_option_of_the_command_line():
     ({"lr": -1.0}, "lr=-1.0, seed=0: lr=-1.0: expected"),
     ({"schedule": "bogus"}, "schedule='bogus': expected one of"),
     ({"mitigation": "reverse_everything"}, "'mitigation': value 'reverse_everything'"),
+    ({"scratch_tokens": -1}, "'scratch_tokens': value -1 (a int) cannot be used; expected a whole number >= 0"),
+    ({"scratch_tokens": [0, 2.5]}, "'scratch_tokens': value 2.5 (a float) cannot be used; expected a whole number"),
+    ({"scratch_tokens": True}, "'scratch_tokens': value True (a bool) cannot be used; expected a whole number"),
     ({"preset": "huge"}, "expected one of ('tiny', 'default', 'deep')"),
     ({"act_fn": "nope"}, "act_fn='nope': expected"),
     ({"data": "chain", "tokens_per_entity": 2}, "tokens_per_entity is not used by data='chain'"),

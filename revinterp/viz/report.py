@@ -1,8 +1,9 @@
 """The self-contained HTML report of a run: the reversal curse and its explanation.
 
 Reads the results that :func:`revinterp.pipeline.analyze` saved under ``RUN_DIR/analysis/`` (nothing here runs a
-model), writes the findings from the measured numbers and renders one HTML page. Sections, in the order a reader
-asks:
+model), writes the findings from the measured numbers and renders one HTML page. Under the title, the cure the run
+was trained with (:func:`cure_summary`: its training objective, data mitigation and scratch tokens, read from its
+``training.json`` and ``facts.json``). Sections, in the order a reader asks:
 
 1. Does the curse appear?  behaviour per split with intervals, against chance
 2. Where is the forward fact?  activation patching, localization, logit attribution, logit lens,
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from revinterp.analysis.verdict import p_text
+from revinterp.data.facts import AUGMENTED
 from revinterp.io import atomic_write_text
 from revinterp.results import StageResult, load_results
 from revinterp.stats import format_fixed as num
@@ -53,10 +55,13 @@ class Section:
 
 def write_report(run_dir: str | Path) -> Path:
     """Write ``RUN_DIR/report.html`` from the saved analyses (no model runs)."""
-    from revinterp.models import read_model_config
+    from revinterp.data import FactSet
+    from revinterp.models import FACTS_FILE, read_model_config
+    from revinterp.training import read_training_config
 
     read_model_config(Path(run_dir))  # a directory that is not a run fails here, saying so
     info, stages = load_results(run_dir)
+    summary = cure_summary(read_training_config(run_dir).objective, FactSet.load(Path(run_dir) / FACTS_FILE))
     sections = [
         Section("behaviour", "1. Does the reversal curse appear?", behaviour_findings(stages["behaviour"].numbers)),
         Section("forward", "2. Where is the forward fact stored?", forward_findings(stages["forward"].numbers)),
@@ -68,8 +73,28 @@ def write_report(run_dir: str | Path) -> Path:
     for section in sections:
         section.result = stages[section.key]
     path = Path(run_dir) / REPORT_FILE
-    atomic_write_text(path, render_html(info["title"], info["config"], sections))
+    atomic_write_text(path, render_html(info["title"], summary, info["config"], sections))
     return path
+
+
+OBJECTIVE_NAMES = {"next_token": "next-token training", "mlm_u": "MLM-U", "masked_causal": "masked-causal training",
+                   "blank_infilling": "blank infilling"}
+"""How the report names each training objective (:data:`revinterp.objectives.OBJECTIVES`)."""
+
+
+def cure_summary(objective: str, facts) -> str:
+    """The cure a run was trained with, from its files: its training objective, the data mitigation recorded in its
+    fact set's source (with the augmented statements it added) and its scratch tokens, each "none" where absent."""
+    source = facts.source
+    mitigation = source.get("mitigation")
+    if mitigation is None:
+        data = "none"
+    else:
+        bridge = f"bridge relation {source['bridge_relation']}; " if "bridge_relation" in source else ""
+        data = f"{mitigation} ({bridge}{len(facts.split(AUGMENTED))} augmented training statements)"
+    k = source.get("scratch_tokens")
+    return (f"Training objective: {OBJECTIVE_NAMES[objective]} ({objective}); data mitigation: {data}; scratch "
+            f"tokens: {f'{k} before every answer' if k else 'none'}.")
 
 
 # -- findings from the numbers ----------------------------------------------------------------------------------
@@ -401,8 +426,9 @@ def inline_script(source: str) -> str:
     return "<script>" + source.replace("</script", "<\\/script").replace("</SCRIPT", "<\\/SCRIPT") + "</script>"
 
 
-def render_html(title: str, config: dict, sections: list[Section]) -> str:
-    """The whole report as one HTML page with every script and style inlined."""
+def render_html(title: str, summary: str, config: dict, sections: list[Section]) -> str:
+    """The whole report as one HTML page with every script and style inlined; ``summary`` (the run's cure,
+    :func:`cure_summary`) under the title."""
     import plotly.offline
 
     esc = html.escape
@@ -413,7 +439,7 @@ def render_html(title: str, config: dict, sections: list[Section]) -> str:
         f"<title>{esc(title)}</title><style>{STYLE}</style>",
         inline_script(plotly.offline.get_plotlyjs()),
         inline_script(circuitsvis_bundle()) if has_views else "",
-        f"</head><body><h1>{esc(title)}</h1>",
+        f"</head><body><h1>{esc(title)}</h1><p class='summary'>{esc(summary)}</p>",
         "<nav>" + "".join(f"<a href='#{esc(s.key, quote=True)}'>{esc(s.title)}</a>" for s in sections) + "</nav>",
     ]
     for section in sections:
