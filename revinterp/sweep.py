@@ -134,7 +134,10 @@ def known_fields() -> dict[str, str]:
 
 
 def _kind(value) -> str:
-    return "a list" if isinstance(value, (list, tuple)) else f"a {type(value).__name__}"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 def coerce(name: str, value, *, base: Path | None = None):

@@ -190,7 +190,7 @@ def test_the_sweep_knows_every_data_option_of_the_command_line():
     ({"lr": -1.0}, "lr=-1.0, seed=0: lr=-1.0: expected"),
     ({"schedule": "bogus"}, "schedule='bogus': expected one of"),
     ({"mitigation": "reverse_everything"}, "'mitigation': value 'reverse_everything'"),
-    ({"scratch_tokens": -1}, "'scratch_tokens': value -1 (a int) cannot be used; expected a whole number >= 0"),
+    ({"scratch_tokens": -1}, "'scratch_tokens': value -1 (an int) cannot be used; expected a whole number >= 0"),
     ({"scratch_tokens": [0, 2.5]}, "'scratch_tokens': value 2.5 (a float) cannot be used; expected a whole number"),
     ({"scratch_tokens": True}, "'scratch_tokens': value True (a bool) cannot be used; expected a whole number"),
     ({"preset": "huge"}, "expected one of ('tiny', 'default', 'deep')"),
