@@ -150,9 +150,9 @@ def main() -> None:
     from revinterp.models import load_run
     from revinterp.training import read_history
 
-    variants = [*recipes(facts, model_config, steps, 0), REVINTERP]
-    vocab = {name: len(facts.vocabulary()) + recipe.bos + recipe.unused_tokens
-             for name, recipe in recipes(facts, model_config, steps, 0).items()}
+    settings = recipes(facts, model_config, steps, 0)  # the variants' settings (the seed aside)
+    variants = [*settings, REVINTERP]
+    vocab = {name: len(facts.vocabulary()) + recipe.bos + recipe.unused_tokens for name, recipe in settings.items()}
     vocab[REVINTERP] = load_run(run_dirs[0]).model.cfg.d_vocab
     per_seed = {name: [] for name in variants}
     for seed, run_dir in zip(study.seeds, run_dirs):
@@ -262,10 +262,10 @@ def main() -> None:
         f"{est(aggregates['effect_vs_seed_code'][TIED])} against the seed code, held-out hits {hits(TIED)} against "
         f"{hits(SEED_CODE)} untied.",
     ]
-    base = dataclasses.asdict(recipes(facts, model_config, steps, 0)[SEED_CODE])
+    base = dataclasses.asdict(settings[SEED_CODE])
     config = {"facts": facts.source, "held_out_statements": held_out, "steps": steps, SEED_CODE: base,
               "changed settings": {name: {k: v for k, v in dataclasses.asdict(r).items() if v != base[k]}
-                                   for name, r in recipes(facts, model_config, steps, 0).items() if name != SEED_CODE},
+                                   for name, r in settings.items() if name != SEED_CODE},
               "revinterp_model": dataclasses.asdict(model_config)}
     notes = [f"Data are the seed generator's split at seed {SEED_CODE_SEED} for every run; the listed seeds are "
              "training seeds (initial weights and batch order).",

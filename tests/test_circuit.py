@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from revinterp.analysis.circuit import faithfulness, find_circuit, split_pairs
-from revinterp.analysis.edges import all_edges, edge_sweep
+from revinterp.analysis.edges import all_edges
 from revinterp.analysis.prompts import make_prompt_pairs
 
 
@@ -31,25 +31,6 @@ def test_full_graph_recovers_one_and_empty_graph_zero(tiny_run, forward_pairs, r
             -1, forward_pairs.corrupted_answer[:, None])[:, 0], atol=1e-4)
     est = full.estimate()
     assert est.low == pytest.approx(1.0, abs=1e-5) and est.high == pytest.approx(1.0, abs=1e-5)
-
-
-@pytest.mark.parametrize("replacement", ["corrupted", "mean"])
-def test_circuits_ablated_in_one_forward_recover_what_each_does_alone(tiny_run, forward_pairs, replacement,
-                                                                      monkeypatch):
-    """find_circuit's elimination runs several circuits per forward (the pairs repeated, one mask per copy): each
-    circuit's recovery equals faithfulness() of that circuit alone, also when a chunk cuts through the circuits."""
-    import revinterp.analysis.circuit as circuit_module
-
-    model = tiny_run.model
-    edges = all_edges(model, forward_pairs.clean.shape[1])
-    order = edge_sweep(model, forward_pairs, edges).effect.abs().argsort(descending=True).tolist()
-    circuits = [[edges[i] for i in order[:k]] for k in (0, 1, 2, 3, 5, 17)] + [edges]
-    alone = [faithfulness(model, forward_pairs, c, replacement=replacement).recovered for c in circuits]
-    ablations = circuit_module._Ablations(model, forward_pairs, replacement=replacement)
-    assert ablations.recovered(circuits) == pytest.approx(alone, abs=1e-6)
-    monkeypatch.setattr(circuit_module, "ROWS_PER_FORWARD", 2 * len(forward_pairs))  # two circuits a forward
-    assert ablations.recovered(circuits) == pytest.approx(alone, abs=1e-6)
-    assert len(set(round(r, 3) for r in alone)) > 2  # the circuits differ: the comparison can fail
 
 
 def test_split_is_disjoint_and_refuses_too_few(forward_pairs):

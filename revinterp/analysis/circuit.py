@@ -81,11 +81,6 @@ def faithfulness(model, pairs: PromptPairs, edges: Sequence[Edge], *, replacemen
     return _Ablations(model, pairs, replacement=replacement, metric=metric, reference=reference)(edges)
 
 
-ROWS_PER_FORWARD = 256
-"""Rows (pairs x circuits) of one forward of :meth:`_Ablations.recovered`: on the default run find_circuit takes
-6.8 s CPU at 256, 7.1-7.8 s at one circuit a forward and 10.9-12.2 s at 2,048 (the masked reads get memory-bound)."""
-
-
 class _Ablations:
     """Ablate-outside runs of many circuits on one set of pairs: the clean run, the replacement writes and the
     everything-ablated run are recorded once, and each call runs one circuit (:func:`faithfulness`)."""
@@ -116,27 +111,6 @@ class _Ablations:
                                   self.graph.mask_for(edges, self.n_pos, value=0.0, fill=1.0))
         return Faithfulness(circuit=self.value(kept), full=self.full, empty=self.empty,
                             replacement=self.replacement, n_edges=len(edges))
-
-    def recovered(self, circuits: Sequence[Sequence[Edge]]) -> list[float]:
-        """:attr:`Faithfulness.recovered` of each circuit, several circuits per forward: the pairs repeated once per
-        circuit, each copy ablated outside its own circuit (at most :data:`ROWS_PER_FORWARD` rows a forward)."""
-        n = len(self.pairs)
-        full, empty = self.full.double().mean(), self.empty.double().mean()
-        out: list[float] = []
-        for start in range(0, len(circuits), max(1, ROWS_PER_FORWARD // n)):
-            chunk = circuits[start:start + max(1, ROWS_PER_FORWARD // n)]
-            for edges in chunk:
-                for e in edges:
-                    check_edge(self.model, e, self.n_pos)
-            k = len(chunk)
-            masks = torch.cat([self.graph.mask_for(edges, self.n_pos, value=0.0, fill=1.0) for edges in chunk])
-            writes = self.writes if self.writes.shape[0] == 1 else self.writes.repeat(k, 1, 1, 1)
-            with torch.no_grad():
-                logits = self.graph.run(self.pairs.clean.repeat(k, 1), writes, masks.repeat_interleave(n, 0))
-            values = metric_values(self.metric, logits, self.pairs.clean_answer.repeat(k),
-                                   self.pairs.corrupted_answer.repeat(k)).view(k, n)
-            out += ((values.double().mean(1) - empty) / (full - empty)).tolist()
-        return out
 
 
 @dataclass(frozen=True)
@@ -256,9 +230,9 @@ def find_circuit(
     # least discovery recovery; sizes[k] is the best set of k + 1 edges found this way
     kept = list(candidates)
     on_discovery = _Ablations(model, discovery, metric=metric)
-    sizes = {len(kept): (tuple(kept), on_discovery.recovered([kept])[0])}
+    sizes = {len(kept): (tuple(kept), on_discovery(kept).recovered)}
     while len(kept) > 1:
-        scores = on_discovery.recovered([kept[:i] + kept[i + 1:] for i in range(len(kept))])
+        scores = [on_discovery(kept[:i] + kept[i + 1:]).recovered for i in range(len(kept))]
         drop = max(range(len(kept)), key=lambda i: scores[i])
         kept.pop(drop)
         sizes[len(kept)] = (tuple(kept), scores[drop])
