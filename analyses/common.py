@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from revinterp.models import MODEL_PRESETS, CheckpointError, default_device
-from revinterp.stats import Estimate, bootstrap_ci, t_interval
+from revinterp.stats import Estimate, bootstrap_ci, clopper_pearson, t_interval
 from revinterp.training import TRAINING_PRESETS, TrainingConfig, train, versions
 from revinterp.viz.static import save_png
 
@@ -88,6 +88,12 @@ def est(e: Estimate | dict, digits: int = 3, percent: bool = False) -> str:
     if percent:
         return f"{100 * mean:.1f} % [{100 * low:.1f}, {100 * high:.1f}]"
     return f"{mean:.{digits}g} [{low:.{digits}g}, {high:.{digits}g}]"
+
+
+def exact(k: int, n: int) -> str:
+    """``k/n = x % [low, high]`` with the exact Clopper-Pearson interval (:func:`revinterp.stats.clopper_pearson`)."""
+    e = clopper_pearson(k, n)
+    return f"{k}/{n} = {100 * e.mean:.1f} % [{100 * e.low:.1f}, {100 * e.high:.1f}]"
 
 
 def versus(e: Estimate | dict, reference: float) -> str:

@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections import Counter
 
 import plotly.graph_objects as go
-from common import Study, ci, est, parser, table
+from common import Study, ci, est, exact, parser, table
 
 from revinterp.analysis.entries import entry_sharing
 from revinterp.analysis.localize import localize
@@ -44,18 +44,13 @@ from revinterp.data import STARVATION_CELLS, apply_mitigation, seed_experiment, 
 from revinterp.evaluation import evaluate
 from revinterp.models import load_run
 from revinterp.objectives import ATTENTION, query_facts, query_model
-from revinterp.stats import clopper_pearson, error_bars
+from revinterp.stats import error_bars
 from revinterp.training import read_history, read_training_config
 
 HELD, SEEN, FORWARD = "reverse_held_out", "reverse_seen", "forward_only"
 DATA_CURES = ("reverse_entity", "permute", "identity_bridge")
 OBJECTIVE_CURES = ("mlm_u", "masked_causal", "blank_infilling")
 CURES = ("none", *DATA_CURES, "scratch", *OBJECTIVE_CURES)
-
-
-def exact(k: int, n: int) -> str:
-    e = clopper_pearson(k, n)
-    return f"{k}/{n} = {100 * e.mean:.1f} % [{100 * e.low:.1f}, {100 * e.high:.1f}]"
 
 
 def cure_data(base, cure: str, scratch: int):

@@ -29,7 +29,7 @@ from collections import Counter
 
 import plotly.graph_objects as go
 import torch
-from common import Study, ci, est, head_heatmap, parser, rank_versus, table
+from common import Study, ci, est, exact, head_heatmap, parser, rank_versus, table
 
 from revinterp.analysis.dynamics import behaviour_dynamics
 from revinterp.analysis.localize import localize
@@ -41,17 +41,11 @@ from revinterp.analysis.weights import effective_weights
 from revinterp.data import MITIGATIONS, apply_mitigation, seed_experiment
 from revinterp.evaluation import evaluate
 from revinterp.models import load_run
-from revinterp.stats import bootstrap_ci, clopper_pearson, error_bars
+from revinterp.stats import bootstrap_ci, error_bars
 from revinterp.training import read_history
 
 HELD, SEEN = "reverse_held_out", "reverse_seen"
 WEIGHT_DECAYS = (0.0, 0.01, 0.1, 1.0)
-
-
-def exact(k: int, n: int) -> str:
-    """``k/n = x % [low, high]`` with the Clopper-Pearson interval."""
-    e = clopper_pearson(k, n)
-    return f"{k}/{n} = {100 * e.mean:.1f} % [{100 * e.low:.1f}, {100 * e.high:.1f}]"
 
 
 def reverse_path(model, facts, tokenizer, target: float = 0.8) -> dict:

@@ -38,7 +38,7 @@ import time
 
 import plotly.graph_objects as go
 import torch
-from common import Study, ci, est, parser, table, write_json
+from common import Study, ci, est, exact, parser, table, write_json
 
 from revinterp.baselines.seed_recipe import SEED_CODE_SEED, SeedRecipe, seed_code_facts
 from revinterp.stats import error_bars
@@ -213,8 +213,7 @@ def main() -> None:
 
     # summary
     def hits(name: str) -> str:
-        k, n = aggregates["held_out_hits"][name]
-        return f"{k}/{n}"
+        return exact(*aggregates["held_out_hits"][name])
 
     def fitted(name: str) -> str:
         at = aggregates["first_fitted"][name]
@@ -226,7 +225,7 @@ def main() -> None:
              "-" if name == SEED_CODE else est(aggregates["effect_vs_seed_code"][name]), hits(name), fitted(name)]
             for name in variants]
     results_table = table(["run", "vocabulary", "uniform log p", f"held-out mean log p at step {steps}",
-                           "minus the seed code (paired)", "held-out hits (all seeds)",
+                           "minus the seed code (paired)", "held-out hits, pooled over seeds [Clopper-Pearson]",
                            "first step fitted, per seed"], rows)
 
     def side(e) -> str:

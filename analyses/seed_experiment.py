@@ -16,13 +16,13 @@ uniform (``revinterp.chance``). Runs are trained through the shared run store on
 from __future__ import annotations
 
 import plotly.graph_objects as go
-from common import Study, behaviour_over_seeds, ci, est, parser, seed_ci_table
+from common import Study, behaviour_over_seeds, ci, est, exact, parser, seed_ci_table
 
 from revinterp.analysis.verdict import proportion_finding, question_hits
 from revinterp.data import seed_experiment
 from revinterp.evaluation import evaluate
 from revinterp.models import load_run
-from revinterp.stats import clopper_pearson, error_bars
+from revinterp.stats import error_bars
 
 VARIANTS = ("random", "forward")
 
@@ -41,12 +41,8 @@ def pooled_held_out(rows: list[dict], split: str) -> dict:
     rank_p = [m["tests"]["rank_below_chance_p"] for m in metrics]
     logprob_p = [m["tests"]["logprob_below_chance_p"] for m in metrics]
 
-    def exact(hits: int) -> str:
-        e = clopper_pearson(hits, n)
-        return f"{hits}/{n} = {100 * e.mean:.1f} % [{100 * e.low:.1f}, {100 * e.high:.1f}]"
-
-    return {"k": k, "n": n, "accuracy": exact(k), "finding": finding, "evidence": evidence,
-            "among_k": among_k, "among": exact(among_k),
+    return {"k": k, "n": n, "accuracy": exact(k, n), "finding": finding, "evidence": evidence,
+            "among_k": among_k, "among": exact(among_k, n),
             "among_chance": sum(m["held_out_answers"]["chance_accuracy"] for m in metrics) / len(metrics),
             "rank_below": sum(p is not None and p < 0.05 for p in rank_p),
             "rank_p": ", ".join("n/a" if p is None else f"{p:.2g}" for p in rank_p),
