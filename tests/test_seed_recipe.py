@@ -107,3 +107,10 @@ def test_train_seed_recipe_fits_records_every_split_and_stops_where_told():
     assert stopped.steps == 5 and stopped.model.wte.weight.shape[0] == len(facts.vocabulary()) + 7
     again = train_seed_recipe(facts, budget)
     assert again.history == stopped.history  # the same seed gives the same run
+
+
+@pytest.mark.parametrize("field, value", [("unused_tokens", -1), ("max_steps", 0), ("max_epochs", 0),
+                                          ("batch_size", True), ("dropout", 1.0)])
+def test_a_bad_recipe_setting_is_refused_by_name(field, value):
+    with pytest.raises(ValueError, match=f"{field}={value!r}: expected"):
+        SeedRecipe(**{field: value})

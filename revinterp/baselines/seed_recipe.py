@@ -86,6 +86,17 @@ class SeedRecipe:
     fit_probability: float = 0.99
     seed: int = 0
 
+    def __post_init__(self):
+        for name, low in (("unused_tokens", 0), ("max_epochs", 1), ("batch_size", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name}={value!r}: expected a whole number >= {low}")
+        if self.max_steps is not None and (isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int)
+                                           or self.max_steps < 1):
+            raise ValueError(f"max_steps={self.max_steps!r}: expected a whole number >= 1, or None (max_epochs)")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout={self.dropout!r}: expected a probability in [0, 1)")
+
 
 class SeedGPT2(nn.Module):
     """GPT-2 (``GPT2LMHeadModel``'s computation) with its own unembedding (no bias), or the token embedding as the
