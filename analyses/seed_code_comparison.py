@@ -73,8 +73,8 @@ def recipes(facts, model_config, steps: int, seed: int) -> dict[str, SeedRecipe]
 
 
 def train_recipes(study: Study, facts, jobs: dict[tuple[str, int], SeedRecipe]) -> dict[tuple[str, int], dict]:
-    """Train every seed-recipe run of ``jobs`` as a Ray task (one CPU and one torch thread each), keeping each
-    finished run's record in the run store (``seed_recipe/<hash>.json``, by fact set and recipe) for later
+    """Train every seed-recipe run of ``jobs`` as a Ray task (one CPU and one torch thread each), writing each run's
+    record to the run store (``seed_recipe/<hash>.json``, by fact set and recipe) as it finishes, for later
     invocations."""
     import ray
 
@@ -103,12 +103,13 @@ def train_recipes(study: Study, facts, jobs: dict[tuple[str, int], SeedRecipe]) 
         study.log(f"  training {len(todo)} seed-recipe runs on Ray ...")
         started = connect(study.address)
         try:
-            records = ray.get([task.remote(recipe) for recipe in todo.values()])
+            pending = {task.remote(recipe): recipe for recipe in todo.values()}
+            while pending:  # each run's record written as it finishes: an interrupted invocation keeps them
+                (done,), _ = ray.wait(list(pending), num_returns=1)
+                write_json(path(pending.pop(done)), ray.get(done))
         finally:
             if started:
                 ray.shutdown()
-        for recipe, record in zip(todo.values(), records):
-            write_json(path(recipe), record)
         study.log(f"  {len(todo)} seed-recipe runs in {time.time() - t0:.0f} s")
     return {job: json.loads(path(recipe).read_text()) for job, recipe in jobs.items()}
 
