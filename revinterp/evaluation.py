@@ -25,8 +25,9 @@ high enough for zero hits to say something. ``tests`` holds one-sided tests agai
 
 Per-example values are kept; accuracies come with exact binomial (Clopper-Pearson) intervals, other split means
 with bootstrap intervals over examples (:mod:`revinterp.stats`); over seeds (:func:`over_seeds`) every seed's value
-with their mean and Student's t interval. Candidates are scored in chunks whose logits hold at most
-:data:`LOGIT_ELEMENTS` numbers, so memory is O(chunk x context x vocabulary), never all statements at once.
+with their mean and Student's t interval. Only the positions that predict an answer token are unembedded
+(:func:`logits_at`), and candidates are scored in chunks whose logits hold at most :data:`LOGIT_ELEMENTS` numbers,
+so memory is O(chunk x answer tokens x vocabulary), never all statements at once.
 
 :func:`evaluate` refuses a model whose weights or outputs are not finite
 (:class:`revinterp.models.NonFiniteError` names the tensor): NaN compares false with everything, so such a model
@@ -359,6 +360,40 @@ def chunk_rows(width: int, vocab_size: int | None, limit: int | None = None) -> 
     return max(1, min(limit, LOGIT_ELEMENTS // max(1, width * vocab_size)))
 
 
+def unembedding_module(model) -> torch.nn.Module | None:
+    """The module that maps the final residual stream (after the final norm) to logits: a bridge's ``unembed``, a
+    plain ``NativeModel``'s ``head`` (:func:`revinterp.training.plain_model`); None for any other model."""
+    for name in ("unembed", "head"):
+        module = getattr(model, name, None)
+        if isinstance(module, torch.nn.Module):
+            return module
+    return None
+
+
+def logits_at(model, tokens: Int[Tensor, "n seq"], rows: Int[Tensor, " k"], positions: Int[Tensor, " k"]
+              ) -> Float[Tensor, "k vocab"]:
+    """``model(tokens)[rows, positions]`` with only those positions unembedded.
+
+    The unembedding (``d_model x vocabulary`` per position) is nearly all of a small model's forward at a large
+    vocabulary, and a question needs it at its answer positions only: a pre-hook on the unembedding module keeps
+    the requested rows of its input, so the other positions' logits are never computed (a third to a quarter of the
+    work and memory on the seed experiment's prompts). A model without a known unembedding
+    (:func:`unembedding_module`) runs in full and is indexed.
+    """
+    module = unembedding_module(model)
+    if module is None:
+        return model(tokens)[rows, positions]
+
+    def keep_requested(_, args):
+        return (args[0][rows, positions][:, None].contiguous(), *args[1:])
+
+    handle = module.register_forward_pre_hook(keep_requested)
+    try:
+        return model(tokens)[:, 0]
+    finally:
+        handle.remove()
+
+
 def answer_scores(model, encoded: EncodedStatements, *, check: bool = False, rows: int | None = None,
                   vocab_size: int | None = None) -> tuple[Float[Tensor, " n"], Bool[Tensor, " n"]]:
     """Log p(answer) summed over the answer tokens, and whether every answer token is the arg max.
@@ -375,22 +410,28 @@ def answer_scores(model, encoded: EncodedStatements, *, check: bool = False, row
 def teacher_forced_scores(model, tokens: Int[Tensor, "n seq"], answer_mask: Bool[Tensor, "n seq"], *,
                           check: bool = False, rows: int | None = None, vocab_size: int | None = None, bar=None
                           ) -> tuple[Float[Tensor, " n"], Bool[Tensor, " n"]]:
-    """:func:`answer_scores` of token rows and the mask of their answer positions."""
+    """:func:`answer_scores` of token rows and the mask of their answer positions; only the positions that predict
+    an answer token are unembedded (:func:`logits_at`)."""
     logprob, greedy = [], []
     device = model_device(model)
-    step = chunk_rows(tokens.shape[1], vocab_size, rows)
+    predicts_answer = answer_mask[:, 1:]  # position p predicts the token at p + 1
+    unembedded = (int(predicts_answer.sum(-1).max()) if len(tokens) else 1) if unembedding_module(model) is not None \
+        else tokens.shape[1]  # a model run in full unembeds every position
+    step = chunk_rows(max(1, unembedded), vocab_size, rows)
     for start in range(0, len(tokens), step):
         chunk = tokens[start:start + step].to(device)
-        logits = model(chunk)
+        row, pos = predicts_answer[start:start + step].to(device).nonzero(as_tuple=True)
+        logits = logits_at(model, chunk, row, pos)
         if check:
             check_finite_output(logits, "logits")
-        logp = logits.log_softmax(-1)[:, :-1]
-        target = chunk[:, 1:]
-        token_logp = logp.gather(-1, target[..., None])[..., 0]
-        mask = answer_mask[start:start + step].to(device)[:, 1:]
-        logprob.append(torch.where(mask, token_logp, 0.0).sum(-1).cpu())
-        top = (logp.argmax(-1) == target) & torch.isfinite(token_logp)
-        greedy.append((top | ~mask).all(-1).cpu())
+        logp = logits.log_softmax(-1)
+        target = chunk[row, pos + 1]
+        token_logp = logp.gather(-1, target[:, None])[:, 0]
+        logprob.append(torch.zeros(len(chunk), dtype=token_logp.dtype, device=device).index_add_(0, row, token_logp)
+                       .cpu())
+        missed = ~((logp.argmax(-1) == target) & torch.isfinite(token_logp))
+        greedy.append((torch.zeros(len(chunk), dtype=torch.long, device=device).index_add_(0, row, missed.long())
+                       == 0).cpu())
         if bar is not None:
             bar.update(len(chunk))
     return torch.cat(logprob), torch.cat(greedy)
@@ -463,15 +504,15 @@ def candidate_score_matrix(model, facts: FactSet, statements: Sequence[Statement
     prompts = encode_statements(facts, [statements[i] for i in group.rows], tokenizer)
     if group.single_token:
         ids = torch.tensor([c[0] for c in group.candidate_ids], device=device)
-        step = chunk_rows(prompts.tokens.shape[1], len(tokenizer), rows)
+        step = chunk_rows(1 if unembedding_module(model) is not None else prompts.tokens.shape[1], len(tokenizer), rows)
         scores = []
         for start in range(0, len(prompts), step):
             chunk = prompts.tokens[start:start + step].to(device)
             last = (prompts.prompt_lengths[start:start + step] - 1).to(device)
-            logits = model(chunk)
+            logits = logits_at(model, chunk, torch.arange(len(chunk), device=device), last)
             if check:
                 check_finite_output(logits, "logits")
-            scores.append(logits[torch.arange(len(chunk), device=device), last].log_softmax(-1)[:, ids].cpu())
+            scores.append(logits.log_softmax(-1)[:, ids].cpu())
             if bar is not None:
                 bar.update(len(chunk))
         return torch.cat(scores)
@@ -485,7 +526,7 @@ def candidate_score_matrix(model, facts: FactSet, statements: Sequence[Statement
     prompt_tokens = prompts.tokens
     width = int(prompt_len.max() + cand_len.max())
     pos = torch.arange(width)
-    step = chunk_rows(width, len(tokenizer), rows)
+    step = chunk_rows(int(cand_len.max()), len(tokenizer), rows)  # logits only where an answer token is predicted
     scores = []
     for start in range(0, n * m, step):
         flat = torch.arange(start, min(start + step, n * m))
