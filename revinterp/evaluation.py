@@ -36,6 +36,7 @@ would otherwise look perfect.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -345,6 +346,30 @@ def _metric(numbers: dict, path: str) -> float | None:
     return float(value)
 
 
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None where the C library has none."""
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_free_heap() -> None:
+    """Hand the C heap's free pages back to the operating system (glibc ``malloc_trim(0)``; nothing elsewhere).
+
+    Scoring chunk after chunk allocates tensors of tens of MB whose sizes alternate (logits, their log-softmax, the
+    candidate columns); glibc serves those under its adaptive mmap threshold from the heap, which fragments. At
+    100,000 pairs one split's evaluation kept 2.1 GiB of RSS after it returned (0.9 GiB with a fixed 1 MiB mmap
+    threshold); trimming after every chunk of candidate scores keeps RSS near the working set.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
@@ -614,6 +639,8 @@ def candidate_rankings(model, facts: FactSet, statements: Sequence[Statement], t
             parts["length_fair"].append(CandidateRanking(fair.correct, fair.rank, fair.n_candidates, fair.n_valid))
             if held_out_answers:
                 parts["held_out_answers"].append(rank_among(scores[:, keep], valid[:, keep]))
+            del scores, valid, fair
+            release_free_heap()
         order += group.rows
     back = torch.empty(len(statements), dtype=torch.long)
     back[torch.tensor(order)] = torch.arange(len(statements))

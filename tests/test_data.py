@@ -473,3 +473,61 @@ def test_prompt_pairs_never_corrupt_with_a_valid_answer_and_respect_the_context(
     assert fitting.clean.shape[1] == 5 and fitting.answer_offset == 1
     with pytest.raises(ValueError, match=r"no usable prompt pair among \d+ candidates \(left out: \{'too_long': \d+"):
         make_prompt_pairs(descriptions, "forward_seen", tok, max_length=4)
+
+
+def test_word_problem_of_every_kind_of_character():
+    """The printable fast path and the character loop agree with a character-by-character reference."""
+    import unicodedata
+
+    from revinterp.data.tokenizer import word_problem
+
+    def reference(word):
+        for c in word:
+            if c.isspace():
+                return f"contains the whitespace character U+{ord(c):04X}"
+            if unicodedata.category(c) == "Cc":
+                return f"contains the control character U+{ord(c):04X}"
+        return None
+
+    words = ["a17", "Zoë", "naïve→b", "a b", "a\u00a0b", "a\u2028b", "a\u0085b", "a\x1fb", "a\x7fb", "x\u200dy",
+             "\ue000", "é\u0301", "tab\t", "a\u3000b", "\U0001f600"]
+    for word in words:
+        assert word_problem(word) == reference(word), word
+    assert word_problem("x\u200dy") is None  # a format character (not printable) is a word character
+
+
+def test_vocabulary_is_every_word_of_every_statement_text():
+    """The vocabulary from distinct entities and templates equals the words of every statement's text."""
+    from revinterp.data import chain_experiment, knowledge_graph
+
+    for facts in (seed_experiment(30, tokens_per_entity=2, seed=1),
+                  seed_experiment(40, n_relations=3, template="natural", seed=2), chain_experiment(10, seed=0),
+                  knowledge_graph(20, seed=0)):
+        assert facts.vocabulary() == sorted({w for s in facts.statements for w in facts.text(s).split()})
+
+
+def test_cyclic_gc_paused_restores_the_collector_nested_and_on_errors():
+    import gc
+
+    from revinterp.data.bulk import cyclic_gc_paused
+
+    @cyclic_gc_paused()
+    def inner():
+        assert not gc.isenabled()
+
+    @cyclic_gc_paused()
+    def outer():
+        inner()
+        assert not gc.isenabled()  # the inner use ended, the outer one still holds
+        raise RuntimeError("boom")
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError, match="boom"):
+        outer()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        inner()
+        assert not gc.isenabled()  # left as the caller had it
+    finally:
+        gc.enable()

@@ -31,6 +31,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from revinterp.data import FactSet, Statement, encode_statements
+from revinterp.data.bulk import cyclic_gc_paused
 from revinterp.data.tokenizer import encode_words
 
 
@@ -160,6 +161,7 @@ def prompt_length_counts(facts: FactSet, split: str, tokenizer) -> dict[int, int
     return dict(sorted(Counter(int(n) for n in encoded.prompt_lengths).items()))
 
 
+@cyclic_gc_paused()
 def make_prompt_pairs(
     facts: FactSet,
     split: str,

@@ -9,6 +9,7 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
+from revinterp.data.bulk import cyclic_gc_paused
 from revinterp.data.facts import FactSet, Statement
 from revinterp.data.tokenizer import encode_words
 
@@ -50,6 +51,7 @@ class EncodedStatements:
         )
 
 
+@cyclic_gc_paused()
 def encode_statements(facts: FactSet, statements: Sequence[Statement], tokenizer) -> EncodedStatements:
     """Tokenize ``statements`` of ``facts``; an unknown word raises
     :class:`~revinterp.data.tokenizer.UnknownWordError` naming it."""

@@ -239,10 +239,12 @@ class FactSet:
         return " ".join([*self.prompt_words(statement), *statement.object.split()])
 
     def vocabulary(self) -> list[str]:
-        """Every word the statements use, sorted (entity tokens, relation and template words)."""
-        words: set[str] = set()
-        for s in self.statements:
-            words.update(self.text(s).split())
+        """Every word the statements use, sorted (entity tokens, relation and template words): the words of every
+        distinct subject and object, and of the templates of the relations in use (the words of :meth:`text`)."""
+        entities = {s.subject for s in self.statements} | {s.object for s in self.statements}
+        words = {word for entity in entities for word in entity.split()}
+        for relation in {s.relation for s in self.statements}:
+            words.update(w for w in self.relations[relation].template.split()[:-1] if w != "{subject}")
         return sorted(words)
 
     # -- persistence ------------------------------------------------------------------------

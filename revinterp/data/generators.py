@@ -34,6 +34,7 @@ import math
 import numbers
 import random
 
+from revinterp.data.bulk import cyclic_gc_paused
 from revinterp.data.facts import (
     ATTRIBUTE,
     CHAIN_COMPOSED_HELD_OUT,
@@ -143,6 +144,7 @@ def entity_names(prefix: str, n: int, tokens_per_entity: int, alphabet_size: int
     return [" ".join(t) for t in tuples]
 
 
+@cyclic_gc_paused()
 def seed_experiment(
     n_pairs: int = 200,
     *,

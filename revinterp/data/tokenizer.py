@@ -38,6 +38,8 @@ def word_problem(word: str) -> str | None:
     for token in SPECIAL_TOKENS:
         if token in word:
             return f"contains the special token {token!r}" if token != word else f"is the special token {token!r}"
+    if word.isprintable() and " " not in word:  # printable: no control character and no whitespace but " "
+        return None
     for c in word:
         if c.isspace():
             return f"contains the whitespace character U+{ord(c):04X}"
