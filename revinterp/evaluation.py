@@ -53,9 +53,11 @@ from revinterp.stats import Estimate, bootstrap_ci, clopper_pearson, format_fixe
 
 ROWS_PER_BATCH = 4096
 """Most token rows in one forward."""
-LOGIT_ELEMENTS = 1 << 24
-"""Most logits (rows x positions x vocabulary) one forward may produce (64 MiB of float32); fewer rows per chunk
-for a large vocabulary."""
+LOGIT_ELEMENTS = 1 << 22
+"""Most logits (rows x positions x vocabulary) one forward may produce, and most candidate scores held at once
+(16 MiB of float32); fewer rows per chunk for a large vocabulary. Under glibc's largest mmap threshold (32 MiB) a
+chunk's temporaries reuse heap pages; at 64 MiB every elementwise pass over a chunk was served fresh pages and
+page-faulted them in (evaluation at 8,000 pairs: 15.5 s of CPU at 64 MiB, 9.9 s at 16 MiB; measured)."""
 
 
 @dataclass(frozen=True)
@@ -346,28 +348,40 @@ def _metric(numbers: dict, path: str) -> float | None:
     return float(value)
 
 
+FREE_HEAP_LIMIT = 256 << 20
+"""Free bytes the C heap may hold between chunks before :func:`release_free_heap` hands them back."""
+
+
 @functools.cache
-def _malloc_trim():
-    """glibc's ``malloc_trim``, or None where the C library has none."""
+def _glibc():
+    """The process's C library when it is glibc with ``mallinfo2`` and ``malloc_trim`` (2.33 and later), else None."""
     import ctypes
 
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                          "fsmblks", "uordblks", "fordblks", "keepcost")]
+
     try:
-        return ctypes.CDLL(None).malloc_trim
+        libc = ctypes.CDLL(None)
+        libc.mallinfo2.restype, libc.malloc_trim.argtypes = MallInfo2, [ctypes.c_size_t]
     except (OSError, AttributeError):
         return None
+    return libc
 
 
-def release_free_heap() -> None:
-    """Hand the C heap's free pages back to the operating system (glibc ``malloc_trim(0)``; nothing elsewhere).
+def release_free_heap(limit: int = FREE_HEAP_LIMIT) -> None:
+    """Hand the C heap's free pages back to the operating system once it holds more than ``limit`` free bytes
+    (glibc's ``mallinfo2`` and ``malloc_trim(0)``; nothing elsewhere).
 
-    Scoring chunk after chunk allocates tensors of tens of MB whose sizes alternate (logits, their log-softmax, the
-    candidate columns); glibc serves those under its adaptive mmap threshold from the heap, which fragments. At
-    100,000 pairs one split's evaluation kept 2.1 GiB of RSS after it returned (0.9 GiB with a fixed 1 MiB mmap
-    threshold); trimming after every chunk of candidate scores keeps RSS near the working set.
+    Scoring chunk after chunk allocates tensors of several MB whose sizes alternate (logits, their log-softmax, the
+    candidate columns); glibc serves those from the heap, which fragments: at 100,000 pairs one split's evaluation
+    reached 8.5 GiB of RSS with no trim inside it, and kept 2.1 GiB after it returned with none at all. Trimming
+    after every chunk bounds that but page-faults the trimmed pages back in (a fifth more CPU at 8,000 pairs), so
+    the heap is trimmed only when its free bytes pass ``limit``.
     """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
+    libc = _glibc()
+    if libc is not None and libc.mallinfo2().fordblks > limit:
+        libc.malloc_trim(0)
 
 
 def model_device(model) -> torch.device:
@@ -457,6 +471,7 @@ def teacher_forced_scores(model, tokens: Int[Tensor, "n seq"], answer_mask: Bool
         missed = ~((logp.argmax(-1) == target) & torch.isfinite(token_logp))
         greedy.append((torch.zeros(len(chunk), dtype=torch.long, device=device).index_add_(0, row, missed.long())
                        == 0).cpu())
+        release_free_heap()
         if bar is not None:
             bar.update(len(chunk))
     return torch.cat(logprob), torch.cat(greedy)
@@ -468,14 +483,19 @@ def rank_among(scores: Float[Tensor, "n m"], valid: Bool[Tensor, "n m"]) -> Cand
     ``rank = 1 + #{invalid c : score(c) > max over valid v of score(v), or score(c) is NaN}``; a best valid score
     that is NaN or -inf (or +inf) ranks ``M - k + 2``, below every candidate, and is never a hit.
     """
-    n_valid = valid.sum(-1)
+    n_valid = valid.count_nonzero(-1)
     if bool((n_valid < 1).any()):
         raise ValueError("a question without a valid answer among its candidates; expected at least one")
-    best = torch.where(valid & ~torch.isnan(scores), scores, -math.inf).amax(-1)
+    nan = torch.isnan(scores)
+    has_nan = bool(nan.any())  # one pass saves three where there is none (candidate scores are checked finite)
+    valid_scores = torch.where(valid, scores, -math.inf)
+    best = (valid_scores.masked_fill(nan, -math.inf) if has_nan else valid_scores).amax(-1)
     finite = torch.isfinite(best)
-    beats = ((scores > best[:, None]) | torch.isnan(scores)) & ~valid
-    rank = torch.where(finite, 1 + beats.sum(-1), scores.shape[1] - n_valid + 2)
-    logprob = torch.where(valid, scores, -math.inf).logsumexp(-1) - scores.logsumexp(-1)
+    beats = scores > best[:, None]  # never a valid candidate: best is their maximum (when none is NaN)
+    if has_nan:
+        beats = (beats | nan) & ~valid
+    rank = torch.where(finite, 1 + beats.count_nonzero(-1), scores.shape[1] - n_valid + 2)
+    logprob = valid_scores.logsumexp(-1) - scores.logsumexp(-1)
     n_candidates = torch.full_like(n_valid, scores.shape[1])
     return CandidateRanking(rank == 1, rank, n_candidates, n_valid, logprob)
 
@@ -603,6 +623,7 @@ def evaluate(model, facts: FactSet | None = None, splits: Sequence[str] | None =
                 check_finite_output(logprob, f"log p(answer) on split {name!r}")
                 result[name] = split_behaviour(model, facts, name, statements, groups, tokenizer, logprob,
                                                vocab_correct, encoded.answer_lengths, rows=rows, bar=bar)
+                release_free_heap()
         return Behaviour(result)
     finally:
         model.train(was_training)
@@ -634,12 +655,14 @@ def candidate_rankings(model, facts: FactSet, statements: Sequence[Statement], t
             cells = [(k, column[answer]) for k, i in enumerate(part.rows)
                      for answer in facts.answers(statements[i].subject, group.relation)]
             valid[[k for k, _ in cells], [j for _, j in cells]] = True
-            parts["sum"].append(rank_among(scores, valid))
-            fair = rank_among(scores / lengths.to(scores.dtype), valid)
+            total = rank_among(scores, valid)
+            parts["sum"].append(total)
+            # single-token candidates: the mean per-token score is the sum itself, and so is its ranking
+            fair = total if group.single_token else rank_among(scores / lengths.to(scores.dtype), valid)
             parts["length_fair"].append(CandidateRanking(fair.correct, fair.rank, fair.n_candidates, fair.n_valid))
             if held_out_answers:
                 parts["held_out_answers"].append(rank_among(scores[:, keep], valid[:, keep]))
-            del scores, valid, fair
+            del scores, valid, total, fair
             release_free_heap()
         order += group.rows
     back = torch.empty(len(statements), dtype=torch.long)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from revinterp.data import Statement, encode_statements
@@ -305,3 +306,35 @@ def test_teacher_forced_scores_equal_the_full_logits_on_multi_token_answers(tmp_
             logprob, greedy = teacher_forced_scores(model, encoded.tokens, encoded.answer_mask, rows=rows)
         assert (logprob - reference).abs().max().item() <= 1e-6
         assert torch.equal(greedy, greedy_reference)
+
+
+def test_rank_among_equals_its_definition_with_nan_infinities_and_ties():
+    """rank = 1 + #{invalid c: score(c) > best valid score, or score(c) NaN}; a best valid score that is NaN-only or
+    infinite ranks M - k + 2; logprob = log of the valid answers' softmax mass (NaN where a valid score is NaN)."""
+    from revinterp.evaluation import rank_among
+
+    gen = torch.Generator().manual_seed(0)
+    n, m = 400, 9
+    scores = torch.randint(-3, 3, (n, m), generator=gen).float()  # many ties
+    pick = torch.rand(n, m, generator=gen)
+    scores[pick < 0.08] = math.nan
+    scores[(pick >= 0.08) & (pick < 0.12)] = -math.inf
+    scores[(pick >= 0.12) & (pick < 0.14)] = math.inf
+    scores[:n // 2] = scores[:n // 2].nan_to_num(nan=0.5, posinf=9.0, neginf=-9.0)  # half without NaN or infinity
+    valid = torch.rand(n, m, generator=gen) < 0.25
+    valid[torch.arange(n), torch.randint(m, (n,), generator=gen)] = True
+    got = rank_among(scores, valid)
+    for i in range(n):
+        s, v = scores[i].tolist(), valid[i].tolist()
+        valid_scores = [x for x, ok in zip(s, v) if ok and not math.isnan(x)]
+        best = max(valid_scores, default=-math.inf)
+        k = sum(v)
+        if math.isfinite(best):
+            rank = 1 + sum(1 for x, ok in zip(s, v) if not ok and (math.isnan(x) or x > best))
+        else:
+            rank = m - k + 2
+        assert int(got.rank[i]) == rank and bool(got.correct[i]) == (rank == 1), i
+        assert int(got.n_valid[i]) == k and int(got.n_candidates[i]) == m
+        expected = (torch.tensor(s)[torch.tensor(v)].logsumexp(0) - torch.tensor(s).logsumexp(0)).item()
+        assert (math.isnan(expected) and math.isnan(float(got.logprob_candidates[i]))) or \
+            float(got.logprob_candidates[i]) == pytest.approx(expected, abs=1e-6, nan_ok=True), i
