@@ -195,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures to PATH as JSON")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: measure one size, print JSON
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}: expected at least 1 run of each cheap stage")
     stages = set(STAGES) - set(args.skip)
     if args.one is not None:
         QUIET.append(True)  # first calls import and initialise lazily: warm every stage up on a tiny fact set
