@@ -4,6 +4,11 @@ whether its stored entry is the forward one.
     python analyses/mitigation_atlas.py                                   # 5 seeds, every 2x2 cell, default preset
     python analyses/mitigation_atlas.py --seeds 0 1 --cells none --n-pairs 100
     python analyses/mitigation_atlas.py --quick
+    python analyses/mitigation_atlas.py --cells both      # adds one cell to the committed results
+
+An invocation that runs some of the cells keeps the cells of the output folder's ``results.json`` that an earlier
+invocation computed with the same configuration (pairs, cures, scratch tokens, seeds, preset, model and training),
+and recomputes the aggregates, figure and summary over all of them; with another configuration it replaces them.
 
 Base data per seed: ``seed_experiment(n_pairs, held_out_direction="forward")`` (every one-way fact trained
 forward, its reverse ``<bos> b_i <-`` held out), in the starvation cells of ``--cells``
@@ -30,10 +35,11 @@ are patched with TransformerLens's reference sweep (the fast path assumes causal
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import plotly.graph_objects as go
-from common import Study, ci, est, exact, parser, table
+from common import Study, ci, est, exact, jsonable, parser, table
 
 from revinterp.analysis.entries import entry_sharing
 from revinterp.analysis.localize import localize
@@ -84,6 +90,23 @@ def reverse_path(run, objective: str) -> dict:
     return out
 
 
+def earlier_cells(study: Study, config: dict, cells: list[str]) -> tuple[dict[str, list[dict]], str | None]:
+    """The per-seed records of the cells (not among ``cells``) that an earlier invocation wrote to the output folder
+    with this configuration, and that invocation's command; nothing where there is none or it differs."""
+    path = study.out / "results.json"
+    if not path.is_file():
+        return {}, None
+    earlier = json.loads(path.read_text())
+    mine = {**config, "preset": study.preset, "seeds": list(study.seeds), "quick": study.quick}
+    theirs = {**earlier.get("configuration", {}), **{k: earlier.get(k) for k in ("preset", "seeds", "quick")}}
+    differing = sorted(k for k in mine if k != "cells" and jsonable(mine[k]) != theirs.get(k))
+    if differing:
+        study.log(f"  not merging {path}: its {', '.join(differing)} differ from this invocation's")
+        return {}, None
+    kept = {key: rows for key, rows in earlier.get("per_seed", {}).items() if key.split("/")[0] not in cells}
+    return kept, earlier.get("command")
+
+
 def main() -> None:
     p = parser("mitigation_atlas", __doc__.splitlines()[0])
     p.add_argument("--n-pairs", type=int, default=None, help="pairs (default 200; --quick 40)")
@@ -107,7 +130,11 @@ def main() -> None:
                                 objective=objective))
     run_dirs = study.train_all(specs)
 
-    per_seed: dict[str, list[dict]] = {}
+    config = dict(generator="seed_experiment", n_pairs=n_pairs, held_out_direction="forward", cells=args.cells,
+                  cures=args.cures, scratch_tokens=args.scratch, model=study.model_config(0),
+                  training=study.training_config(0))
+    merged, merged_command = earlier_cells(study, config, args.cells)
+    computed: dict[str, list[dict]] = {}
     for (cell, cure, seed), run_dir, log in zip(grid, run_dirs, study.run_log[-len(grid):]):
         run = load_run(run_dir)
         objective = read_training_config(run_dir).objective
@@ -129,7 +156,10 @@ def main() -> None:
         if finding == "present":
             study.log(f"  {cell}-{cure}-seed{seed}: locating the reverse path ...")
             record["path"] = reverse_path(run, objective)
-        per_seed.setdefault(f"{cell}/{cure}", []).append(record)
+        computed.setdefault(f"{cell}/{cure}", []).append(record)
+    cells = [c for c in STARVATION_CELLS if c in args.cells or any(k.split("/")[0] == c for k in merged)]
+    per_seed = {f"{cell}/{cure}": (computed | merged)[f"{cell}/{cure}"] for cell in cells for cure in args.cures}
+    config["cells"] = cells
 
     aggregates = {}
     for key, rows in per_seed.items():
@@ -155,7 +185,7 @@ def main() -> None:
             entry=dict(Counter(p["entry"]["verdict"] for p in located)), entries=[p["entry"] for p in located],
             storage_heads=dict(Counter(p["entry"]["storage_head"] for p in located if "storage_head" in p["entry"])),
         )
-    for cell in args.cells:  # forward accuracy kept or lost, against next-token training on the same data
+    for cell in cells:  # forward accuracy kept or lost, against next-token training on the same data
         reference = aggregates.get(f"{cell}/none")
         for cure in args.cures:
             a = aggregates[f"{cell}/{cure}"]
@@ -164,7 +194,7 @@ def main() -> None:
 
     # figure --------------------------------------------------------------------------------------
     fig = go.Figure()
-    for cell in args.cells:
+    for cell in cells:
         values = [aggregates[f"{cell}/{c}"]["held_out_accuracy"] for c in args.cures]
         fig.add_bar(x=list(args.cures), y=[v.mean for v in values], name=f"cell {cell}", error_y=error_bars(values))
     fig.update_layout(title=f"Held-out reverse accuracy per cure, mean over {len(study.seeds)} seeds (95 % t "
@@ -211,15 +241,16 @@ def main() -> None:
     lifted = [k for k, a in aggregates.items() if a["held"]["finding"] == "present"]
     findings.append("Cures with held-out reverse above chance: " + (", ".join(f"`{k}`" for k in lifted) or "none")
                     + ".")
-    config = dict(generator="seed_experiment", n_pairs=n_pairs, held_out_direction="forward", cells=args.cells,
-                  cures=args.cures, scratch_tokens=args.scratch, model=study.model_config(0),
-                  training=study.training_config(0))
     left_out = [f"seeds {sorted(set(range(5)) - set(study.seeds))}" * (len(study.seeds) < 5),
-                f"cells {[c for c in STARVATION_CELLS if c not in args.cells]}" * (len(args.cells) < 4),
+                f"cells {[c for c in STARVATION_CELLS if c not in cells]}" * (len(cells) < 4),
                 f"cures {[c for c in CURES if c not in args.cures]}" * (len(args.cures) < len(CURES)),
                 f"{n_pairs} pairs instead of 200" * (n_pairs != 200)]
     notes = [f"Reduced run: {', '.join(x for x in left_out if x)} were not run (the full atlas is "
              "`python analyses/mitigation_atlas.py`: 5 seeds, the 2x2 cells, 200 pairs)."] if any(left_out) else []
+    if merged:
+        notes.append(f"Cells {sorted({k.split('/')[0] for k in merged})} are kept from an earlier invocation with this "
+                     f"configuration (`{merged_command}`); this invocation computed cells {args.cells}. The timing "
+                     "line above is this invocation's.")
     notes.append("Not run here: the pipeline's own analysis stages (`Study.analyze_all`): they read a prompt's last "
                  "position and score answers on the bare model, which for a masked objective must go through its "
                  "query (objectives.QueryModel, query_facts); the path and entry columns are this script's own.")

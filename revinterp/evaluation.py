@@ -25,9 +25,10 @@ high enough for zero hits to say something. ``tests`` holds one-sided tests agai
 
 Per-example values are kept; accuracies come with exact binomial (Clopper-Pearson) intervals, other split means
 with bootstrap intervals over examples (:mod:`revinterp.stats`); over seeds (:func:`over_seeds`) every seed's value
-with their mean and Student's t interval. Only the positions that predict an answer token are unembedded
-(:func:`logits_at`), and candidates are scored in chunks whose logits hold at most :data:`LOGIT_ELEMENTS` numbers,
-so memory is O(chunk x answer tokens x vocabulary), never all statements at once.
+with their mean and Student's t interval. Only the positions that predict an answer token are unembedded, a block of
+the vocabulary at a time (:func:`read_at`, :class:`VocabularyReadout`: no row of logits is ever held), and each
+relation's candidate scores are held for a chunk of statements at a time, at most :data:`LOGIT_ELEMENTS` numbers,
+so memory is O(chunk x candidates), never all statements at once.
 
 :func:`evaluate` refuses a model whose weights or outputs are not finite
 (:class:`revinterp.models.NonFiniteError` names the tensor): NaN compares false with everything, so such a model
@@ -410,34 +411,141 @@ def unembedding_module(model) -> torch.nn.Module | None:
     return None
 
 
-def unembedded_width(model, needed: int, width: int) -> int:
-    """Positions a row's forward unembeds: the ``needed`` ones through :func:`logits_at`, all ``width`` for a model
-    run in full (what :func:`chunk_rows` bounds)."""
-    return max(1, needed) if unembedding_module(model) is not None else width
+VOCABULARY_BLOCK = 1 << 18
+"""Logits :class:`VocabularyReadout` computes at once (1 MiB of float32, within a core's L2 cache): every pass over
+a block (its maximum, exp, sum and the gathers) reads cache, where a whole row of a 200,000-word vocabulary would
+be read from memory once per pass."""
+READOUT_ROWS = 256
+"""Most rows of one block: the matrix product ``rows x d_model @ d_model x columns`` keeps a tall shape."""
+EXP_FLOOR = -87.0
+"""Logits more than this below their block's maximum are raised to it before ``exp``: ``exp`` of a number under
+-87 is a float32 denormal (or 0), which torch's vectorized ``exp`` computes 10-40x slower than a normal number
+(measured: 10 ms against 0.26 ms for 256K values at -95), and such a term next to the maximum's ``exp(0) = 1``
+changes the sum by less than ``vocabulary x exp(-87) < 1e-32``, below float32's and float64's resolution."""
 
 
-def logits_at(model, tokens: Int[Tensor, "n seq"], rows: Int[Tensor, " k"], positions: Int[Tensor, " k"]
-              ) -> Float[Tensor, "k vocab"]:
-    """``model(tokens)[rows, positions]`` with only those positions unembedded.
+@dataclass(frozen=True)
+class VocabularyReading:
+    """What a question needs of the logits at an answer position, without holding a row of them."""
+
+    logsumexp: Float[Tensor, " k"]
+    argmax: Int[Tensor, " k"]
+    target_logit: Float[Tensor, " k"] | None
+    column_logits: Float[Tensor, "k m"] | None
+
+
+class VocabularyReadout:
+    """Reads the vocabulary's logits a block at a time: per row, ``logsumexp`` (the log-softmax's normalizer),
+    the arg max, the logit of one target per row and the logits of shared columns, never holding a row of logits.
+
+    ``features`` are the final residual rows and the logits ``features @ weight.T + bias`` (``weight``
+    ``[vocabulary, d_model]``, ``nn.Linear``'s layout), or, with ``weight=None``, the logits themselves (a model
+    whose unembedding is not known). Blocks of :data:`READOUT_ROWS` rows x (:data:`VOCABULARY_BLOCK` / rows)
+    columns; the normalizer is the running ``logaddexp`` of the blocks' ``m + log sum exp(z - m)``; the arg max
+    keeps the first maximum as ``argmax`` does; a NaN logit makes the normalizer NaN. No gradient flows (the blocks
+    are worked on in place); :class:`revinterp.analysis.fast_patching.AnswerReadout` is the differentiable one.
+    """
+
+    def __init__(self, weight: Float[Tensor, "vocab d_model"] | None, bias: Float[Tensor, " vocab"] | None = None):
+        self.weight, self.bias = weight, bias
+
+    @classmethod
+    def of(cls, model) -> VocabularyReadout | None:
+        """The readout of a bridge's or plain ``NativeModel``'s linear unembedding; None where it is not a plain
+        ``nn.Linear``, carries hooks of its own (a caller's hook on ``unembed.hook_out`` must see the logits), or
+        the model caps its logits."""
+        module = unembedding_module(model)
+        linear = getattr(module, "original_component", module)
+        cap = getattr(getattr(model, "cfg", model), "output_logits_soft_cap", 0) or 0
+        if not isinstance(linear, torch.nn.Linear) or cap > 0 or any(
+                m._forward_hooks or m._forward_pre_hooks for m in module.modules()):
+            return None
+        return cls(linear.weight, linear.bias)
+
+    def logits(self, features: Float[Tensor, "k d"], start: int, stop: int) -> Float[Tensor, "k columns"]:
+        if self.weight is None:
+            return features[:, start:stop].clone()  # the blocks are worked on in place
+        bias = None if self.bias is None else self.bias[start:stop]
+        return torch.nn.functional.linear(features, self.weight[start:stop], bias)
+
+    @torch.no_grad()
+    def read(self, features: Float[Tensor, "k d"], *, targets: Int[Tensor, " k"] | None = None,
+             columns: Int[Tensor, " m"] | None = None, check: bool = False) -> VocabularyReading:
+        """The :class:`VocabularyReading` of every row; with ``check``, a non-finite logit raises
+        :class:`~revinterp.models.NonFiniteError`."""
+        k, device, dtype = len(features), features.device, features.dtype
+        vocab = features.shape[1] if self.weight is None else self.weight.shape[0]
+        lse = torch.full((k,), -math.inf, device=device, dtype=dtype)
+        best = torch.full((k,), -math.inf, device=device, dtype=dtype)
+        argmax = torch.zeros(k, dtype=torch.long, device=device)
+        target_logit = None if targets is None else torch.full((k,), math.nan, device=device, dtype=dtype)
+        if columns is not None:
+            order = columns.argsort()
+            sorted_columns = columns[order]
+            sorted_logits = torch.empty(k, len(columns), device=device, dtype=dtype)
+        for r0 in range(0, k, READOUT_ROWS):
+            rows = slice(r0, r0 + READOUT_ROWS)
+            x = features[rows]
+            step = max(1, VOCABULARY_BLOCK // len(x))
+            for c0 in range(0, vocab, step):
+                c1 = min(vocab, c0 + step)
+                z = self.logits(x, c0, c1)
+                if targets is not None:
+                    inside = ((targets[rows] >= c0) & (targets[rows] < c1)).nonzero()[:, 0]
+                    if len(inside):
+                        target_logit[r0 + inside] = z[inside, targets[rows][inside] - c0]
+                if columns is not None:
+                    a, b = torch.searchsorted(sorted_columns, torch.tensor([c0, c1], device=device)).tolist()
+                    if b > a:
+                        sorted_logits[rows, a:b] = z[:, sorted_columns[a:b] - c0]
+                top = z.amax(-1)  # NaN where the block holds one
+                if check and not (bool(torch.isfinite(top).all()) and bool(torch.isfinite(z.amin(-1)).all())):
+                    check_finite_output(z, "logits")
+                raised = (top > best[rows]).nonzero()[:, 0]  # strictly: the first maximum is kept, as argmax does
+                if len(raised):
+                    best[r0 + raised] = top[raised]
+                    argmax[r0 + raised] = z[raised].argmax(-1) + c0
+                lse[rows] = torch.logaddexp(lse[rows], logsumexp_rows(z, top, overwrite=True))
+        column_logits = None
+        if columns is not None:
+            column_logits = sorted_logits if bool((order[1:] > order[:-1]).all()) else sorted_logits[:, order.argsort()]
+        return VocabularyReading(lse, argmax, target_logit, column_logits)
+
+
+class _ReachedUnembedding(Exception):
+    """Raised by the pre-hook that stops a forward at the unembedding's input, carrying the requested rows."""
+
+    def __init__(self, features: Tensor):
+        super().__init__("reached the unembedding")
+        self.features = features
+
+
+def read_at(model, tokens: Int[Tensor, "n seq"], rows: Int[Tensor, " k"], positions: Int[Tensor, " k"], *,
+            readout: VocabularyReadout | None = None, targets: Int[Tensor, " k"] | None = None,
+            columns: Int[Tensor, " m"] | None = None, check: bool = False) -> VocabularyReading:
+    """The :class:`VocabularyReading` of ``model(tokens)[rows, positions]`` with only those positions read.
 
     The unembedding (``d_model x vocabulary`` per position) is nearly all of a small model's forward at a large
-    vocabulary, and a question needs it at its answer positions only: a pre-hook on the unembedding module keeps
-    the requested rows of its input, so the other positions' logits are never computed (a third to a quarter of the
-    work and memory on the seed experiment's prompts). A model without a known unembedding
-    (:func:`unembedding_module`) runs in full and is indexed.
+    vocabulary, and a question needs it at its answer positions only: given ``readout``
+    (:meth:`VocabularyReadout.of`), a pre-hook on the unembedding takes the requested rows of its input and stops
+    the forward, and the readout reads the vocabulary from them a block at a time. Without one the model runs in
+    full and its logits are read.
     """
-    module = unembedding_module(model)
-    if module is None:
-        return model(tokens)[rows, positions]
+    if readout is None:
+        return VocabularyReadout(None).read(model(tokens)[rows, positions], targets=targets, columns=columns,
+                                            check=check)
 
-    def keep_requested(_, args):
-        return (args[0][rows, positions][:, None].contiguous(), *args[1:])
+    def stop(_, args):
+        raise _ReachedUnembedding(args[0][rows, positions])
 
-    handle = module.register_forward_pre_hook(keep_requested)
+    handle = unembedding_module(model).register_forward_pre_hook(stop)
     try:
-        return model(tokens)[:, 0]
+        model(tokens)
+    except _ReachedUnembedding as reached:
+        return readout.read(reached.features, targets=targets, columns=columns, check=check)
     finally:
         handle.remove()
+    raise RuntimeError("the forward did not reach the unembedding; expected a model whose output is its logits")
 
 
 def answer_scores(model, encoded: EncodedStatements, *, check: bool = False, rows: int | None = None,
@@ -447,7 +555,7 @@ def answer_scores(model, encoded: EncodedStatements, *, check: bool = False, row
     The answer token at position ``p`` is scored with the logits at ``p - 1``. A token whose log-probability is
     not finite is never the arg max. With ``check``, non-finite logits raise
     :class:`~revinterp.models.NonFiniteError`. Rows go through the model in chunks (:func:`chunk_rows`: at most
-    ``rows`` each, and bounded in logits given ``vocab_size``).
+    ``rows`` each; bounded in logits given ``vocab_size`` where the model runs in full).
     """
     return teacher_forced_scores(model, encoded.tokens, encoded.answer_mask, check=check, rows=rows,
                                  vocab_size=vocab_size)
@@ -457,24 +565,21 @@ def teacher_forced_scores(model, tokens: Int[Tensor, "n seq"], answer_mask: Bool
                           check: bool = False, rows: int | None = None, vocab_size: int | None = None, bar=None
                           ) -> tuple[Float[Tensor, " n"], Bool[Tensor, " n"]]:
     """:func:`answer_scores` of token rows and the mask of their answer positions; only the positions that predict
-    an answer token are unembedded (:func:`logits_at`)."""
+    an answer token are read (:func:`read_at`)."""
     logprob, greedy = [], []
     device = model_device(model)
+    readout = VocabularyReadout.of(model)
     predicts_answer = answer_mask[:, 1:]  # position p predicts the token at p + 1
-    most = int(predicts_answer.sum(-1).max()) if len(tokens) else 1
-    step = chunk_rows(unembedded_width(model, most, tokens.shape[1]), vocab_size, rows)
+    step = chunk_rows(tokens.shape[1], None if readout is not None else vocab_size, rows)
     for start in range(0, len(tokens), step):
         chunk = tokens[start:start + step].to(device)
         row, pos = predicts_answer[start:start + step].to(device).nonzero(as_tuple=True)
-        logits = logits_at(model, chunk, row, pos)
-        if check:
-            check_finite_output(logits, "logits")
-        logp = logits.log_softmax(-1)
         target = chunk[row, pos + 1]
-        token_logp = logp.gather(-1, target[:, None])[:, 0]
+        reading = read_at(model, chunk, row, pos, readout=readout, targets=target, check=check)
+        token_logp = reading.target_logit - reading.logsumexp
         logprob.append(torch.zeros(len(chunk), dtype=token_logp.dtype, device=device).index_add_(0, row, token_logp)
                        .cpu())
-        missed = ~((logp.argmax(-1) == target) & torch.isfinite(token_logp))
+        missed = ~((reading.argmax == target) & torch.isfinite(token_logp))
         greedy.append((torch.zeros(len(chunk), dtype=torch.long, device=device).index_add_(0, row, missed.long())
                        == 0).cpu())
         release_free_heap()
@@ -483,25 +588,48 @@ def teacher_forced_scores(model, tokens: Int[Tensor, "n seq"], answer_mask: Bool
     return torch.cat(logprob), torch.cat(greedy)
 
 
+def logsumexp_rows(x: Float[Tensor, "n m"], top: Float[Tensor, " n"] | None = None, *, overwrite: bool = False
+                   ) -> Float[Tensor, " n"]:
+    """``torch.logsumexp(x, -1)`` at the cost of one ``exp`` per value: ``top + log sum exp(x - top)`` with ``top``
+    the row's maximum (given, or ``amax``) and every ``x - top`` under :data:`EXP_FLOOR` raised to it (the slow
+    path of ``exp`` is never taken; the sum moves by less than its resolution). Rows whose maximum is not finite
+    (all ``-inf``, an ``inf``, a NaN) are torch's own. ``overwrite`` works in ``x``'s memory."""
+    top = x.amax(-1) if top is None else top
+    finite = torch.isfinite(top)
+    shifted = x.sub_(top[:, None]) if overwrite and bool(finite.all()) else x - torch.where(finite, top, 0.0)[:, None]
+    out = shifted.clamp_(min=EXP_FLOOR).exp_().sum(-1).log_().add_(torch.where(finite, top, 0.0))
+    if not bool(finite.all()):
+        rows = (~finite).nonzero()[:, 0]
+        out[rows] = x[rows].logsumexp(-1)  # x is intact: it is overwritten only where every row is finite
+    return out
+
+
 def rank_among(scores: Float[Tensor, "n m"], valid: Bool[Tensor, "n m"]) -> CandidateRanking:
     """Rank of the best valid answer among the invalid candidates, hit, and log of the valid answers' softmax mass.
 
     ``rank = 1 + #{invalid c : score(c) > max over valid v of score(v), or score(c) is NaN}``; a best valid score
     that is NaN or -inf (or +inf) ranks ``M - k + 2``, below every candidate, and is never a hit.
     """
-    n_valid = valid.count_nonzero(-1)
+    n_valid = valid.sum(-1, dtype=torch.int32).long()
     if bool((n_valid < 1).any()):
         raise ValueError("a question without a valid answer among its candidates; expected at least one")
-    nan = torch.isnan(scores)
-    has_nan = bool(nan.any())  # one pass saves three where there is none (candidate scores are checked finite)
+    # a NaN makes the sum NaN (so may inf - inf): only then the elementwise check (candidate scores are finite)
+    nan = torch.isnan(scores) if bool(torch.isnan(scores.sum())) else None
+    has_nan = nan is not None and bool(nan.any())
     valid_scores = torch.where(valid, scores, -math.inf)
-    best = (valid_scores.masked_fill(nan, -math.inf) if has_nan else valid_scores).amax(-1)
+    top_valid = valid_scores.amax(-1)  # NaN where a valid score is NaN
+    best = valid_scores.masked_fill(nan, -math.inf).amax(-1) if has_nan else top_valid
     finite = torch.isfinite(best)
     beats = scores > best[:, None]  # never a valid candidate: best is their maximum (when none is NaN)
     if has_nan:
         beats = (beats | nan) & ~valid
-    rank = torch.where(finite, 1 + beats.count_nonzero(-1), scores.shape[1] - n_valid + 2)
-    logprob = valid_scores.logsumexp(-1) - scores.logsumexp(-1)
+    rank = torch.where(finite, 1 + beats.sum(-1, dtype=torch.int32).long(), scores.shape[1] - n_valid + 2)
+    # one valid answer (the usual question): the log of its mass is its own score
+    valid_mass = top_valid.clone()
+    several = (n_valid > 1).nonzero()[:, 0]
+    if len(several):
+        valid_mass[several] = logsumexp_rows(valid_scores[several], top_valid[several])
+    logprob = valid_mass - logsumexp_rows(scores)
     n_candidates = torch.full_like(n_valid, scores.shape[1])
     return CandidateRanking(rank == 1, rank, n_candidates, n_valid, logprob)
 
@@ -553,20 +681,21 @@ def candidate_score_matrix(model, facts: FactSet, statements: Sequence[Statement
     """
     device = model_device(model)
     prompts = encode_statements(facts, [statements[i] for i in group.rows], tokenizer)
+    readout = VocabularyReadout.of(model)
+    vocab_size = None if readout is not None else len(tokenizer)  # the readout holds no row of logits
     if group.single_token:
         ids = torch.tensor([c[0] for c in group.candidate_ids], device=device)
-        step = chunk_rows(unembedded_width(model, 1, prompts.tokens.shape[1]), len(tokenizer), rows)
+        step = chunk_rows(prompts.tokens.shape[1], vocab_size, rows)
         scores = []
         for start in range(0, len(prompts), step):
             chunk = prompts.tokens[start:start + step].to(device)
             last = (prompts.prompt_lengths[start:start + step] - 1).to(device)
-            logits = logits_at(model, chunk, torch.arange(len(chunk), device=device), last)
-            if check:
-                check_finite_output(logits, "logits")
-            scores.append(logits.log_softmax(-1)[:, ids].cpu())
+            reading = read_at(model, chunk, torch.arange(len(chunk), device=device), last, readout=readout,
+                              columns=ids, check=check)
+            scores.append(reading.column_logits.sub_(reading.logsumexp[:, None]).cpu())
             if bar is not None:
                 bar.update(len(chunk))
-        return torch.cat(scores)
+        return scores[0] if len(scores) == 1 else torch.cat(scores)
     n, m = len(group.rows), len(group.candidates)
     pad = tokenizer.pad_token_id
     prompt_len = prompts.prompt_lengths
@@ -577,7 +706,7 @@ def candidate_score_matrix(model, facts: FactSet, statements: Sequence[Statement
     prompt_tokens = prompts.tokens
     width = int(prompt_len.max() + cand_len.max())
     pos = torch.arange(width)
-    step = chunk_rows(unembedded_width(model, int(cand_len.max()), width), len(tokenizer), rows)
+    step = chunk_rows(width, vocab_size, rows)
     scores = []
     for start in range(0, n * m, step):
         flat = torch.arange(start, min(start + step, n * m))

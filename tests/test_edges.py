@@ -182,6 +182,9 @@ def test_bad_edges_are_refused(random_model, random_pairs):
     assert all(e.receiver.kind != "mlp" and e.sender.kind != "mlp" for e in all_edges(attn_only, 3))
     with pytest.raises(ValueError, match="no GPT-2 equivalent"):
         gpt2_bridge(attn_only)
+    bidirectional, _, _ = _random_model(attention_dir="bidirectional")  # the masked forward is causal: refused
+    with pytest.raises(ValueError, match="causal models; got attention_dir='bidirectional'"):
+        edge_sweep(bidirectional, pairs, [Edge(Node("head", 0, 0), Node("logits"))])
 
 
 def test_default_preset_edges_cover_the_graph():

@@ -255,10 +255,11 @@ def full_logits_reference(model, tokens, answer_mask):
     return torch.where(mask, token_logp, 0.0).sum(-1), top.all(-1)
 
 
-def test_logits_at_unembeds_only_the_requested_positions(tiny_run):
-    """The bridge and the plain NativeModel give the full forward's logits at the requested positions, and their
-    unembedding sees only those rows; a model without a known unembedding (a wrapper) is run in full."""
-    from revinterp.evaluation import logits_at, unembedding_module
+def test_read_at_reads_the_full_forwards_logits_at_the_requested_positions(tiny_run):
+    """The bridge and the plain NativeModel give the full forward's normalizer, arg max, target and column logits
+    at the requested positions without running their unembedding; a model without a known unembedding (a wrapper)
+    and a bridge whose unembedding carries a caller's hook run in full (the hook sees the logits)."""
+    from revinterp.evaluation import VocabularyReadout, read_at, unembedding_module
     from revinterp.training import plain_model
 
     class Wrapped(torch.nn.Module):
@@ -270,22 +271,100 @@ def test_logits_at_unembeds_only_the_requested_positions(tiny_run):
             return self.inner(tokens)
 
     model = tiny_run.model
-    tokens = torch.randint(0, model.cfg.d_vocab, (6, 4), generator=torch.Generator().manual_seed(0))
+    vocab = model.cfg.d_vocab
+    tokens = torch.randint(0, vocab, (6, 4), generator=torch.Generator().manual_seed(0))
     rows, positions = torch.tensor([0, 1, 2, 5, 5, 3]), torch.tensor([2, 2, 0, 1, 3, 2])
+    targets, columns = torch.tensor([3, 0, vocab - 1, 7, 7, 1]), torch.tensor([9, 2, 2, vocab - 1, 0])
     for candidate in (model, plain_model(model), Wrapped(model)):
-        seen = []
         module = unembedding_module(candidate)
-        record = lambda m, args, out, seen=seen: seen.append(args[0])  # noqa: E731
-        hook = None if module is None else module.register_forward_hook(record)
+        calls = []
+        hook = None if module is None else module.register_forward_hook(lambda *_, calls=calls: calls.append(1))
+        readout = None if module is None else VocabularyReadout(module.original_component.weight
+                                                                if hasattr(module, "original_component")
+                                                                else module.weight)
         with torch.no_grad():
-            got = logits_at(candidate, tokens, rows, positions)
-            if hook is not None:
-                hook.remove()
-                assert [tuple(x.shape[:-1]) for x in seen] == [(len(rows), 1)]
+            got = read_at(candidate, tokens, rows, positions, readout=readout, targets=targets, columns=columns)
             expected = candidate(tokens)[rows, positions]
-        assert got.shape == (len(rows), model.cfg.d_vocab)
-        assert (got - expected).abs().max().item() <= 1e-6, type(candidate).__name__
-        assert candidate(tokens).shape == (6, 4, model.cfg.d_vocab)  # the hook is gone
+        if hook is not None:
+            hook.remove()
+            assert calls == [1], "the unembedding ran inside read_at"  # the one call is the reference forward
+        name = type(candidate).__name__
+        torch.testing.assert_close(got.logsumexp, expected.logsumexp(-1), rtol=FLOAT32_ULPS, atol=1e-6, msg=name)
+        assert torch.equal(got.argmax, expected.argmax(-1)), name
+        torch.testing.assert_close(got.target_logit, expected[torch.arange(len(rows)), targets], rtol=FLOAT32_ULPS,
+                                   atol=1e-6, msg=name)
+        torch.testing.assert_close(got.column_logits, expected[:, columns], rtol=FLOAT32_ULPS, atol=1e-6, msg=name)
+
+    assert VocabularyReadout.of(Wrapped(model)) is None
+    seen = []
+    with model.hooks(fwd_hooks=[("unembed.hook_out", lambda logits, hook: seen.append(logits.shape))]):
+        assert VocabularyReadout.of(model) is None  # a caller's hook on the unembedding must see its logits
+        with torch.no_grad():
+            read_at(model, tokens, rows, positions, readout=VocabularyReadout.of(model))
+    assert seen == [(6, 4, vocab)]
+    assert VocabularyReadout.of(model) is not None
+
+
+@pytest.mark.parametrize("rows_per_block, block", [(256, 1 << 18), (2, 6), (3, 1)])
+def test_vocabulary_readout_equals_the_whole_rows_definition(monkeypatch, rows_per_block, block):
+    """Blocks of every shape (one block; 2 rows x 3 columns; one column at a time) give torch's logsumexp, its
+    argmax (the first of tied maxima), the target and column logits of whole rows; rows holding NaN, +inf, all
+    -inf, and values far below the maximum (under EXP_FLOOR) keep torch's results."""
+    import revinterp.evaluation as ev
+
+    monkeypatch.setattr(ev, "READOUT_ROWS", rows_per_block)
+    monkeypatch.setattr(ev, "VOCABULARY_BLOCK", block)
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(9, 11, generator=g) * 3
+    logits[1, [2, 7, 9]] = 50.0  # tied maxima in different blocks: the first is the arg max
+    logits[2, 4] = math.nan
+    logits[3, 5] = math.inf
+    logits[4] = -math.inf
+    logits[5, :5] = -300.0  # exp under the floor
+    logits[6, 3] = -math.inf
+    targets = torch.tensor([0, 9, 4, 5, 1, 10, 3, 2, 8])
+    columns = torch.tensor([10, 0, 3, 3, 7])  # unsorted, with a repeat
+    got = ev.VocabularyReadout(None).read(logits.clone(), targets=targets, columns=columns)
+    finite_rows = [0, 1, 5, 6, 7, 8]
+    torch.testing.assert_close(got.logsumexp, logits.logsumexp(-1), rtol=FLOAT32_ULPS, atol=0, equal_nan=True)
+    assert torch.isnan(got.logsumexp[2]) and got.logsumexp[3] == math.inf and got.logsumexp[4] == -math.inf
+    assert torch.equal(got.argmax[finite_rows], logits[finite_rows].argmax(-1))
+    assert got.argmax[1] == 2
+    exactly = dict(rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(got.target_logit, logits[torch.arange(9), targets], **exactly)
+    torch.testing.assert_close(got.column_logits, logits[:, columns], **exactly)
+
+    weight, x = torch.randn(11, 5, generator=g), torch.randn(9, 5, generator=g)
+    bias = torch.randn(11, generator=g)
+    got = ev.VocabularyReadout(weight, bias).read(x, targets=targets, columns=columns)
+    full = torch.nn.functional.linear(x, weight, bias)
+    torch.testing.assert_close(got.logsumexp, full.logsumexp(-1), rtol=FLOAT32_ULPS, atol=1e-6)
+    torch.testing.assert_close(got.column_logits, full[:, columns], rtol=FLOAT32_ULPS, atol=1e-6)
+    assert torch.equal(got.argmax, full.argmax(-1))
+    wide = ev.VocabularyReadout(weight.double(), bias.double()).read(x.double(), targets=targets)  # float64 kept
+    assert wide.logsumexp.dtype == wide.target_logit.dtype == torch.float64
+    torch.testing.assert_close(wide.logsumexp, full.double().logsumexp(-1), rtol=1e-6, atol=0)  # inputs were float32
+    torch.testing.assert_close(wide.logsumexp, torch.nn.functional.linear(x.double(), weight.double(), bias.double())
+                               .logsumexp(-1), rtol=1e-13, atol=0)
+
+
+def test_logsumexp_rows_equals_torch_on_every_kind_of_row():
+    from revinterp.evaluation import EXP_FLOOR, logsumexp_rows
+
+    x = torch.randn(6, 40, generator=torch.Generator().manual_seed(1)) * 20
+    x[1, 3] = math.nan
+    x[2, 0] = math.inf
+    x[3] = -math.inf
+    x[4, 1:] = EXP_FLOOR * 3  # everything but the maximum under the floor
+    x[5, ::2] = -math.inf
+    reference = x.logsumexp(-1)
+    torch.testing.assert_close(logsumexp_rows(x), reference, rtol=FLOAT32_ULPS, atol=0, equal_nan=True)
+    kept = x.clone()
+    torch.testing.assert_close(logsumexp_rows(kept, kept.amax(-1), overwrite=True), reference, rtol=FLOAT32_ULPS,
+                               atol=0, equal_nan=True)
+    finite = x[[0, 4, 5]].clone()
+    torch.testing.assert_close(logsumexp_rows(finite, overwrite=True), reference[[0, 4, 5]], rtol=FLOAT32_ULPS,
+                               atol=0)
 
 
 def test_teacher_forced_scores_equal_the_full_logits_on_multi_token_answers(tmp_path):

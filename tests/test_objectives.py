@@ -227,18 +227,42 @@ def test_mlm_u_lifts_held_out_reverse_above_chance(trained):
     assert held_out_reverse("mlm_u", trained) < 1e-6
 
 
-def test_the_pipeline_asks_a_masked_objective_run_through_its_query_and_skips_what_reads_prompts(trained):
+@pytest.mark.parametrize("objective", ["masked_causal", "mlm_u"])
+def test_the_pipeline_asks_a_masked_objective_run_through_its_query(trained, objective):
+    """Behaviour through the query; the forward analyses on the query prompts (ending at the query token, so their
+    last position is the one that answers), the sweeps by TransformerLens's reference method for a bidirectional
+    model and the circuit skipped there (edge patching is causal); the stages that read next-token prompts skipped
+    with the reason."""
+    from revinterp.analysis.patching import patch_sweeps
+    from revinterp.analysis.prompts import make_prompt_pairs
+    from revinterp.analysis.sites import SWEEP_COMPONENTS
+    from revinterp.objectives import query_facts
     from revinterp.pipeline import analyze
     from revinterp.results import load_results
     from revinterp.viz.report import write_report
 
-    facts, result, run_dir = trained("masked_causal")
+    facts, result, run_dir = trained(objective)
     analyze(run_dir, device="cpu", progress=False)
     _, stages = load_results(run_dir)
-    held = evaluate(QueryModel(result.model, "masked_causal"), facts, tokenizer=result.model.tokenizer)
+    tok = result.model.tokenizer
+    held = evaluate(QueryModel(result.model, objective), facts, tokenizer=tok)
     assert stages["behaviour"].numbers["splits"]["reverse_held_out"] == held["reverse_held_out"].metrics()
-    for stage, key in (("forward", "prompts"), ("reverse", "interventions"), ("missing", "verdict")):
-        assert "objective 'masked_causal'" in stages[stage].numbers[key]["skipped"]["reason"]
+
+    forward = stages["forward"].numbers
+    pairs = make_prompt_pairs(query_facts(facts, objective), forward["prompts"]["split"], tok, max_pairs=200)
+    assert forward["prompts"]["n_pairs"] == len(pairs) >= 8
+    assert set(pairs.clean[:, -1].tolist()) == {tok.convert_tokens_to_ids("[mask]")}  # the query token answers
+    bidirectional = objective == "mlm_u"
+    method = "transformer_lens" if bidirectional else "fast"
+    for component, sweep in patch_sweeps(result.model.eval(), pairs, SWEEP_COMPONENTS, method=method).items():
+        (site, value), *_ = sweep.top(1)
+        assert forward["sweeps"]["strongest"][component] == {"site": site.label(pairs.labels), "normalized": value}
+    assert "skipped" not in forward["localize"] and "skipped" not in forward["dla"]
+    assert ("skipped" in forward["circuit"]) == bidirectional
+    if bidirectional:
+        assert "edge patching runs causal models" in forward["circuit"]["skipped"]["reason"]
+    for stage, key in (("reverse", "interventions"), ("missing", "verdict")):
+        assert f"objective {objective!r}" in stages[stage].numbers[key]["skipped"]["reason"]
     lines = {line["name"]: line for line in stages["verdict"].numbers["verdict"]["lines"]}
     assert lines["behaviour"]["finding"] == "present" and lines["interventions"]["finding"] == "not run"
     assert "not supported yet" in (write_report(run_dir)).read_text()

@@ -60,6 +60,22 @@ def test_fit_is_the_regularised_optimum():
     assert probe.scale == pytest.approx((x[:40].double() - x[:40].double().mean(0)).pow(2).mean().sqrt().item())
 
 
+def test_a_warm_start_reaches_the_same_optimum():
+    """A fold's fit started from the probe of all examples (as the cross-validation does) ends at the weights of a
+    fit from zero: the objective is strictly convex; a start of the wrong shape is refused by name."""
+    codes, x = planted_signal(n_classes=60, noise=1.0)
+    everything = fit_identity_probe(x[:40], torch.arange(40), codes, weight_decay=0.3)
+    fold = torch.arange(8, 40)
+    cold = fit_identity_probe(x[fold], fold, codes, weight_decay=0.3)
+    warm = fit_identity_probe(x[fold], fold, codes, weight_decay=0.3, init=everything.weight)
+    assert not torch.allclose(everything.weight, cold.weight, atol=1e-3)  # the start is not already the answer
+    # each stops where L-BFGS's gradient is under 1e-9 per entry, so within |g| / weight_decay of the optimum (about
+    # 1e-7 over 768 entries): 1e-6 apart at most
+    torch.testing.assert_close(warm.weight, cold.weight, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match=r"init of shape \(3, 16\); expected \(48, 16\)"):
+        fit_identity_probe(x[fold], fold, codes, init=torch.zeros(3, 16))
+
+
 def test_classes_absent_from_the_labels_do_not_change_the_fit():
     codes, x = planted_signal(n_classes=60)
     with_unseen = fit_identity_probe(x[:40], torch.arange(40), codes)

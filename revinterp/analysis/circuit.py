@@ -159,7 +159,7 @@ class Circuit:
     def to_numbers(self) -> dict:
         numbers = {"n_edges": len(self.edges), "discovery_curve": list(self.curve), "n_discovery": self.n_discovery,
                    "n_evaluation": self.n_evaluation,
-                   "target": self.target, "max_edges": self.max_edges,
+                   "target": self.target, "max_edges": self.max_edges, "n_candidates": len(self.candidates),
                    "edges": [e.label(self.labels) for e in self.edges],
                    "attribution_spearman": self.agreement.spearman,
                    "attribution_top_k_recall": self.agreement.top_k_recall,

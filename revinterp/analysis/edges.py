@@ -195,6 +195,8 @@ class _Graph:
             raise ValueError(f"edge patching runs on TransformerBridge.boot_native models; got {attention} attention")
         if cfg.positional_embedding_type == "rotary":
             raise ValueError("edge patching supports positional_embedding_type='standard'; got 'rotary'")
+        if cfg.attention_dir != "causal":  # the masked forward applies the causal mask itself
+            raise ValueError(f"edge patching runs causal models; got attention_dir={cfg.attention_dir!r}")
         if cfg.n_key_value_heads not in (None, cfg.n_heads):
             raise ValueError(f"edge patching needs one key/value head per head; got n_key_value_heads="
                              f"{cfg.n_key_value_heads}")

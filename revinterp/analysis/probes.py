@@ -563,7 +563,8 @@ def probe_answer_identity(
     control_test = torch.zeros(n_shuffles, n_depth, n_probed, len(test_statements), dtype=torch.bool, device=device)
     control_cv = torch.zeros(n_shuffles, n_depth, n_probed, n_train if cv_folds else 0, dtype=torch.bool,
                              device=device)
-    fit = lambda x, y: fit_identity_probe(x, y, targets, weight_decay=weight_decay, max_iter=max_iter)
+    fit = lambda x, y, init=None: fit_identity_probe(x, y, targets, weight_decay=weight_decay, max_iter=max_iter,
+                                                     init=init)
     for d in range(n_depth):
         for p in range(n_probed):
             x = activations[d, :, p]
@@ -575,7 +576,7 @@ def probe_answer_identity(
                 fold = fold.to(device)
                 keep = torch.ones(n_train, dtype=torch.bool, device=device)
                 keep[fold] = False
-                fold_probe = fit(x_train[keep], train_labels[keep])
+                fold_probe = fit(x_train[keep], train_labels[keep], probe.weight)  # a warm start: same optimum
                 cv_correct[d, p, fold] = top1_correct(fold_probe.scores(x_train[fold], targets), train_labels[fold])
             for s, relabel in enumerate(relabellings):
                 shuffled = relabel[train_labels]
@@ -586,7 +587,7 @@ def probe_answer_identity(
                     fold = fold.to(device)
                     keep = torch.ones(n_train, dtype=torch.bool, device=device)
                     keep[fold] = False
-                    fold_control = fit(x_train[keep], shuffled[keep])
+                    fold_control = fit(x_train[keep], shuffled[keep], control.weight)
                     control_cv[s, d, p, fold] = top1_correct(fold_control.scores(x_train[fold], targets),
                                                              shuffled[fold])
 

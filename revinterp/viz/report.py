@@ -207,7 +207,9 @@ def forward_findings(numbers: dict) -> list[str]:
     else:
         findings.append(
             f"Circuit: {circuit['n_edges']} edges (at most {circuit['max_edges']}), found by edge attribution and "
-            f"pruning on {circuit['n_discovery']} pairs, recover {interval(circuit['held_out_recovered_corrupted'])} "
+            "pruning" + (f" of the {circuit['n_candidates']} edges it ranks highest" if "n_candidates" in circuit
+                         else "")
+            + f" on {circuit['n_discovery']} pairs, recover {interval(circuit['held_out_recovered_corrupted'])} "
             f"of the clean logit difference alone on the other {circuit['n_evaluation']} pairs (edges outside it get "
             f"the corrupted run's writes; {interval(circuit['held_out_recovered_mean'])} with mean writes): "
             + "; ".join(circuit["edges"]) + "."
