@@ -254,14 +254,32 @@ class Study:
                              for r in self.run_log[-len(cells):]))
         return run_dirs
 
-    def analyze_all(self, run_dirs: Sequence[Path]) -> None:
-        """Every analysis stage of the pipeline (:func:`revinterp.pipeline.analyze`, the verdict included) of the runs
-        not analysed yet, one Ray task each (one CPU and one torch thread per task; the cluster of
-        :meth:`train_all`, or a local one)."""
+    def on_ray(self, function, calls: Sequence[tuple]) -> list:
+        """``[function(*args) for args in calls]``, one Ray task per call (one CPU and one torch thread each; the
+        cluster of :meth:`train_all`, or a local one), in the order given. ``function`` travels to the workers by
+        value when it is defined in the study's script."""
         import ray
 
-        from revinterp.results import ResultsError, load_results
         from revinterp.sweep import connect
+
+        @ray.remote(num_cpus=1)
+        def task(*args):
+            torch.set_num_threads(1)
+            return function(*args)
+
+        if not calls:
+            return []
+        started = connect(self.address)
+        try:
+            return ray.get([task.remote(*args) for args in calls])
+        finally:
+            if started:
+                ray.shutdown()
+
+    def analyze_all(self, run_dirs: Sequence[Path]) -> None:
+        """Every analysis stage of the pipeline (:func:`revinterp.pipeline.analyze`, the verdict included) of the runs
+        not analysed yet, one Ray task each (:meth:`on_ray`)."""
+        from revinterp.results import ResultsError, load_results
 
         def analysed(run_dir: Path) -> bool:
             try:
@@ -270,23 +288,15 @@ class Study:
                 return False
             return True
 
-        @ray.remote(num_cpus=1)
-        def task(run_dir: str) -> str:
+        def analyse(run_dir: str) -> None:
             from revinterp.pipeline import analyze
 
-            torch.set_num_threads(1)
             analyze(run_dir, device="cpu", progress=False)
-            return run_dir
 
         todo = [d for d in run_dirs if not analysed(d)]
         if todo:
             t0 = time.time()
-            started = connect(self.address)
-            try:
-                ray.get([task.remote(str(d)) for d in todo])
-            finally:
-                if started:
-                    ray.shutdown()
+            self.on_ray(analyse, [(str(d),) for d in todo])
             self.log(f"  analysed {len(todo)} runs on Ray in {time.time() - t0:.0f} s")
 
     def train(self, name: str, facts, seed: int, *, model_config=None, **training_overrides):

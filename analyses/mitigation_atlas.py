@@ -27,10 +27,12 @@ pooled over seeds (k of n with its exact Clopper-Pearson interval) with the beha
 split); the cost: steps to the first fitted evaluation (mean and Student's t interval over seeds) and the forward
 accuracy kept or lost (``forward_only``, pooled, against ``none``). Where the held-out reverse answer is above chance
 in a run: where it is carried (``localize(target=0.8)`` on the held-out reverse prompt pairs: sites chosen on half
-the pairs, recovery measured on the other half; the strongest attention output of the denoising sweep) and whether
-the storage head's entry is the forward one (``revinterp.analysis.entries.entry_sharing``: the cosine of the
-projected forward and reverse writes per fact against unrelated facts, TOST at margin 0.1). Bidirectional models
-are patched with TransformerLens's reference sweep (the fast path assumes causal attention).
+the pairs, recovery measured on the other half; the strongest attention output of the denoising sweep), through which
+edges (causal models: ``find_circuit`` as the pipeline runs it, found on half the pairs, its recovery measured on the
+other half) and whether the storage head's entry is the forward one (``revinterp.analysis.entries.entry_sharing``:
+the cosine of the projected forward and reverse writes per fact against unrelated facts, TOST at margin 0.1).
+Bidirectional models are patched with TransformerLens's reference sweep (the fast path assumes causal attention).
+Runs are trained and analysed as Ray tasks (``Study.train_all``, ``Study.on_ray``).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from collections import Counter
 import plotly.graph_objects as go
 from common import Study, ci, est, exact, jsonable, parser, table
 
+from revinterp.analysis.circuit import find_circuit
 from revinterp.analysis.entries import entry_sharing
 from revinterp.analysis.localize import localize
 from revinterp.analysis.patching import patch_sweeps
@@ -50,6 +53,7 @@ from revinterp.data import STARVATION_CELLS, apply_mitigation, seed_experiment, 
 from revinterp.evaluation import evaluate
 from revinterp.models import load_run
 from revinterp.objectives import ATTENTION, query_facts, query_model
+from revinterp.pipeline import CIRCUIT_CANDIDATES, CIRCUIT_MAX_EDGES
 from revinterp.stats import error_bars
 from revinterp.training import read_history, read_training_config
 
@@ -79,6 +83,15 @@ def reverse_path(run, objective: str) -> dict:
                recovered=None if recovered is None else recovered.mean,
                top_attn=sweeps["attn_out"].top(1)[0][0].label(pairs.labels),
                top_mlp=sweeps["mlp_out"].top(1)[0][0].label(pairs.labels))
+    if ATTENTION[objective] != "causal":
+        out["circuit"] = dict(skipped="edge patching runs causal models")
+    else:  # the pipeline's circuit search, on the held-out reverse pairs
+        try:
+            circuit = find_circuit(run.model, pairs, max_edges=CIRCUIT_MAX_EDGES, n_candidates=CIRCUIT_CANDIDATES)
+            out["circuit"] = dict(edges=[e.label(circuit.labels) for e in circuit.edges],
+                                  recovered=circuit.recovered().mean, n_evaluation=circuit.n_evaluation)
+        except ValueError as e:  # e.g. fewer than four pairs
+            out["circuit"] = dict(skipped=str(e))
     try:
         sharing = entry_sharing(run.model, facts, reverse_split=HELD, tokenizer=run.tokenizer)
         head = sharing.heads.get(sharing.storage.storage_head)
@@ -88,6 +101,30 @@ def reverse_path(run, objective: str) -> dict:
     except ValueError as e:  # e.g. fewer than three held-out facts, prompts of several lengths
         out["entry"] = dict(verdict="not run", reason=str(e))
     return out
+
+
+def run_record(run_dir: str, log: dict) -> dict:
+    """One run's behaviour through its objective's query, its cost, and (where the held-out reverse answer is above
+    chance) where its reverse path is carried."""
+    run = load_run(run_dir)
+    objective = read_training_config(run_dir).objective
+    behaviour = evaluate(query_model(run.model, objective, run.tokenizer), run.facts, tokenizer=run.tokenizer)
+    held, seen, forward = (behaviour[s].metrics() for s in (HELD, SEEN, FORWARD))
+    k, n = question_hits(held)
+    finding, evidence = proportion_finding(k, n, held["chance_accuracy"], seen["accuracy"])
+    record = dict(run=log, objective=objective, attention=run.config.attention_dir,
+                  held=dict(k=k, n=n, chance=held["chance_accuracy"], mean_rank=held["mean_rank"],
+                            among_k=round(held["held_out_answers"]["accuracy"] * n),
+                            among_chance=held["held_out_answers"]["chance_accuracy"]),
+                  finding=finding, evidence=evidence, seen_accuracy=seen["accuracy"],
+                  forward=dict(k=question_hits(forward)[0], n=question_hits(forward)[1],
+                               probability=forward["probability"]),
+                  trained_accuracy=min(behaviour[s].metrics()["accuracy"] for s in behaviour.splits
+                                       if behaviour[s].trained),
+                  first_fit_step=next((h["step"] for h in read_history(run_dir) if h["fitted"]), None))
+    if finding == "present":
+        record["path"] = reverse_path(run, objective)
+    return record
 
 
 def earlier_cells(study: Study, config: dict, cells: list[str]) -> tuple[dict[str, list[dict]], str | None]:
@@ -134,29 +171,11 @@ def main() -> None:
                   cures=args.cures, scratch_tokens=args.scratch, model=study.model_config(0),
                   training=study.training_config(0))
     merged, merged_command = earlier_cells(study, config, args.cells)
+    study.log(f"  analysing {len(grid)} runs on Ray ...")
+    records = study.on_ray(run_record, list(zip(map(str, run_dirs), study.run_log[-len(grid):])))
     computed: dict[str, list[dict]] = {}
-    for (cell, cure, seed), run_dir, log in zip(grid, run_dirs, study.run_log[-len(grid):]):
-        run = load_run(run_dir)
-        objective = read_training_config(run_dir).objective
-        behaviour = evaluate(query_model(run.model, objective, run.tokenizer), run.facts, tokenizer=run.tokenizer)
-        held, seen, forward = (behaviour[s].metrics() for s in (HELD, SEEN, FORWARD))
-        k, n = question_hits(held)
-        finding, evidence = proportion_finding(k, n, held["chance_accuracy"], seen["accuracy"])
-        first_fit = next((h["step"] for h in read_history(run_dir) if h["fitted"]), None)
-        record = dict(seed=seed, run=log, objective=objective, attention=run.config.attention_dir,
-                      held=dict(k=k, n=n, chance=held["chance_accuracy"], mean_rank=held["mean_rank"],
-                                among_k=round(held["held_out_answers"]["accuracy"] * n),
-                                among_chance=held["held_out_answers"]["chance_accuracy"]),
-                      finding=finding, evidence=evidence, seen_accuracy=seen["accuracy"],
-                      forward=dict(k=question_hits(forward)[0], n=question_hits(forward)[1],
-                                   probability=forward["probability"]),
-                      trained_accuracy=min(behaviour[s].metrics()["accuracy"] for s in behaviour.splits
-                                           if behaviour[s].trained),
-                      first_fit_step=first_fit)
-        if finding == "present":
-            study.log(f"  {cell}-{cure}-seed{seed}: locating the reverse path ...")
-            record["path"] = reverse_path(run, objective)
-        computed.setdefault(f"{cell}/{cure}", []).append(record)
+    for (cell, cure, seed), record in zip(grid, records):
+        computed.setdefault(f"{cell}/{cure}", []).append(dict(seed=seed, **record))
     cells = [c for c in STARVATION_CELLS if c in args.cells or any(k.split("/")[0] == c for k in merged)]
     per_seed = {f"{cell}/{cure}": (computed | merged)[f"{cell}/{cure}"] for cell in cells for cure in args.cures}
     config["cells"] = cells
@@ -169,6 +188,7 @@ def main() -> None:
         among_k = sum(r["held"]["among_k"] for r in rows)
         fk, fn = sum(r["forward"]["k"] for r in rows), sum(r["forward"]["n"] for r in rows)
         located = [r["path"] for r in rows if "path" in r]
+        circuits = [p["circuit"] for p in located if "edges" in p.get("circuit", {})]
         fitted = [r["first_fit_step"] for r in rows if r["first_fit_step"] is not None]
         aggregates[key] = dict(
             held=dict(k=k, n=n, exact=exact(k, n), chance=chance, finding=finding, evidence=evidence),
@@ -184,6 +204,11 @@ def main() -> None:
             top_attn=dict(Counter(p["top_attn"] for p in located)),
             entry=dict(Counter(p["entry"]["verdict"] for p in located)), entries=[p["entry"] for p in located],
             storage_heads=dict(Counter(p["entry"]["storage_head"] for p in located if "storage_head" in p["entry"])),
+            circuit_skipped=dict(Counter(p["circuit"]["skipped"] for p in located
+                                         if "skipped" in p.get("circuit", {}))),
+            circuit_seeds=len(circuits), circuit_edges=dict(Counter(e for c in circuits for e in c["edges"])),
+            circuit_size=ci([len(c["edges"]) for c in circuits]),
+            circuit_recovered=ci([c["recovered"] for c in circuits]),
         )
     for cell in cells:  # forward accuracy kept or lost, against next-token training on the same data
         reference = aggregates.get(f"{cell}/none")
@@ -209,8 +234,14 @@ def main() -> None:
         if not a["located_seeds"]:
             return "no path to locate (held-out reverse not above chance)"
         chosen = ", ".join(f"{s} ({m})" for s, m in sorted(a["chosen"].items(), key=lambda x: -x[1]))
-        return (f"localize ({a['located_seeds']} seeds): {chosen}; recovers {est(a['recovered'])}; top attention "
-                + ", ".join(f"{s} ({m})" for s, m in a["top_attn"].items()))
+        nodes = (f"localize ({a['located_seeds']} seeds): {chosen}; recovers {est(a['recovered'])}; top attention "
+                 + ", ".join(f"{s} ({m})" for s, m in a["top_attn"].items()))
+        if not a["circuit_seeds"]:
+            return nodes + "; edges: not searched (" + "; ".join(a["circuit_skipped"]) + ")"
+        common_edges = sorted(a["circuit_edges"].items(), key=lambda x: -x[1])[:3]
+        return (nodes + f"; edge circuit ({a['circuit_seeds']} seeds): {est(a['circuit_size'], 2)} edges, held-out "
+                f"recovery {est(a['circuit_recovered'])}, most often "
+                + ", ".join(f"{e} ({m})" for e, m in common_edges))
 
     def entry(a) -> str:
         if not a["located_seeds"]:
@@ -251,9 +282,11 @@ def main() -> None:
         notes.append(f"Cells {sorted({k.split('/')[0] for k in merged})} are kept from an earlier invocation with this "
                      f"configuration (`{merged_command}`); this invocation computed cells {args.cells}. The timing "
                      "line above is this invocation's.")
-    notes.append("Not run here: the pipeline's own analysis stages (`Study.analyze_all`): they read a prompt's last "
-                 "position and score answers on the bare model, which for a masked objective must go through its "
-                 "query (objectives.QueryModel, query_facts); the path and entry columns are this script's own.")
+    notes.append("Not run here: the pipeline's own analysis stages (`Study.analyze_all`; `revinterp run --objective` "
+                 "runs them on one run, a masked objective's forward stage on its query prompts); the path, edge and "
+                 "entry columns are this script's own, on the held-out reverse prompts through each objective's "
+                 "query (`objectives.query_facts`). Edges are searched in causal models only (edge patching applies "
+                 "the causal mask): the bidirectional `mlm_u` and `blank_infilling` have nodes and entries, no edges.")
     study.finish(config=config, per_seed=per_seed, aggregates=aggregates, results_table=results_table,
                  findings=findings, notes=notes)
 

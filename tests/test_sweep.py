@@ -521,3 +521,17 @@ def test_studies_share_runs_in_the_store_equal_to_sequential_training(cluster, t
     assert len(names) == 2 and dirs[0].name in names
     with pytest.raises(ValueError, match="given twice"):
         second.train_all([specs[0], specs[0]])
+
+
+def test_a_study_maps_a_function_over_ray_tasks_in_order(cluster, tmp_path):
+    study = study_of("mapped", tmp_path)
+
+    def threads_and_sum(n: int, fill: float) -> list:  # a local function travels to the workers by value
+        import torch
+
+        return [torch.get_num_threads(), torch.full((n,), fill).sum().item()]
+
+    calls = [(3, 2.0), (1, 5.0), (4, 0.5), (2, -1.0)]
+    assert study.on_ray(threads_and_sum, calls) == [[1, 6.0], [1, 5.0], [1, 2.0], [1, -2.0]]
+    assert study.on_ray(threads_and_sum, []) == []
+    assert ray.is_initialized()  # the cluster it joined is left running
