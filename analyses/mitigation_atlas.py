@@ -38,6 +38,7 @@ Runs are trained and analysed as Ray tasks (``Study.train_all``, ``Study.on_ray`
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 
 import plotly.graph_objects as go
@@ -264,11 +265,34 @@ def main() -> None:
     results_table = table(["cell/cure", "held-out reverse, pooled k/n [Clopper-Pearson]", "behaviour line",
                            "among held-out answers only", "steps to fit [t]", "forward_only accuracy kept/lost",
                            "where the reverse path forms", "entry (entry_sharing per seed)"], rows)
+    # what starving the subject or the answer does to each cure: paired by seed (a seed fixes the base facts)
+    starvation = {}
+    for cure in args.cures:
+        reference = {r["seed"]: r["held"]["k"] / r["held"]["n"] for r in per_seed.get(f"none/{cure}", [])}
+        for cell in cells:
+            if cell == "none" or not reference:
+                continue
+            by_seed = {r["seed"]: r["held"]["k"] / r["held"]["n"] - reference[r["seed"]]
+                       for r in per_seed[f"{cell}/{cure}"] if r["seed"] in reference}
+            starvation[f"{cell}/{cure}"] = dict(per_seed=by_seed, difference=ci(list(by_seed.values())))
+    for key, change in starvation.items():
+        aggregates[key]["held_out_change_vs_none"] = change
+    starvation_table = table(
+        ["cell/cure", "held-out reverse accuracy minus the `none` cell's, per seed", "mean [t over seeds]"],
+        [[key, ", ".join(f"{d:+.3f}" for d in v["per_seed"].values()), est(v["difference"])]
+         for key, v in starvation.items()])
+
     findings = []
     for key, a in aggregates.items():
         findings.append(f"`{key}`: held-out reverse {a['held']['exact']} (chance {100 * a['held']['chance']:.2f} %; "
                         f"behaviour line {a['held']['finding']}: {a['held']['evidence']}); {where(a)}; entry: "
                         f"{entry(a)}.")
+    for direction, sign in (("lowers", -1), ("raises", 1)):
+        moved = [f"`{k}` ({est(d)})" for k, d in ((k, v["difference"]) for k, v in starvation.items())
+                 if math.isfinite(d.low) and min(sign * d.low, sign * d.high) > 0]
+        if starvation:
+            findings.append(f"Starvation {direction} held-out reverse accuracy against the `none` cell (paired by "
+                            "seed, t interval excluding 0) in: " + (", ".join(moved) or "no cell and cure") + ".")
     lifted = [k for k, a in aggregates.items() if a["held"]["finding"] == "present"]
     findings.append("Cures with held-out reverse above chance: " + (", ".join(f"`{k}`" for k in lifted) or "none")
                     + ".")
@@ -287,6 +311,9 @@ def main() -> None:
                  "entry columns are this script's own, on the held-out reverse prompts through each objective's "
                  "query (`objectives.query_facts`). Edges are searched in causal models only (edge patching applies "
                  "the causal mask): the bidirectional `mlm_u` and `blank_infilling` have nodes and entries, no edges.")
+    if starvation:
+        results_table += ["", "Starving the subject or the answer, per cure (paired by seed: a seed fixes the base "
+                              "facts):", "", *starvation_table]
     study.finish(config=config, per_seed=per_seed, aggregates=aggregates, results_table=results_table,
                  findings=findings, notes=notes)
 
