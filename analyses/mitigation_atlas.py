@@ -30,7 +30,8 @@ in a run: where it is carried (``localize(target=0.8)`` on the held-out reverse 
 the pairs, recovery measured on the other half; the strongest attention output of the denoising sweep), through which
 edges (causal models: ``find_circuit`` as the pipeline runs it, found on half the pairs, its recovery measured on the
 other half) and whether the storage head's entry is the forward one (``revinterp.analysis.entries.entry_sharing``:
-the cosine of the projected forward and reverse writes per fact against unrelated facts, TOST at margin 0.1).
+the cosine of the projected forward and reverse writes, and of the read keys, per fact against unrelated facts, TOST
+at margin 0.1).
 Bidirectional models are patched with TransformerLens's reference sweep (the fast path assumes causal attention).
 Runs are trained and analysed as Ray tasks (``Study.train_all``, ``Study.on_ray``).
 """
@@ -96,9 +97,12 @@ def reverse_path(run, objective: str) -> dict:
     try:
         sharing = entry_sharing(run.model, facts, reverse_split=HELD, tokenizer=run.tokenizer)
         head = sharing.heads.get(sharing.storage.storage_head)
-        out["entry"] = dict(verdict=sharing.verdict, storage_head=sharing.storage.head_label(),
+        out["entry"] = dict(verdict=sharing.verdict, key_verdict=sharing.key_verdict,
+                            storage_head=sharing.storage.head_label(),
                             **({} if head is None else dict(matched=head.matched_estimate().mean,
-                                                            null=head.null_range()[0])))
+                                                            null=head.null_range()[0],
+                                                            key_matched=head.key_matched.double().mean().item(),
+                                                            key_null=head.key_null_mean())))
     except ValueError as e:  # e.g. fewer than three held-out facts, prompts of several lengths
         out["entry"] = dict(verdict="not run", reason=str(e))
     return out
@@ -204,6 +208,7 @@ def main() -> None:
             recovered=ci([p["recovered"] for p in located if p["recovered"] is not None]),
             top_attn=dict(Counter(p["top_attn"] for p in located)),
             entry=dict(Counter(p["entry"]["verdict"] for p in located)), entries=[p["entry"] for p in located],
+            key_entry=dict(Counter(p["entry"].get("key_verdict", "not measured") for p in located)),
             storage_heads=dict(Counter(p["entry"]["storage_head"] for p in located if "storage_head" in p["entry"])),
             circuit_skipped=dict(Counter(p["circuit"]["skipped"] for p in located
                                          if "skipped" in p.get("circuit", {}))),
@@ -248,10 +253,12 @@ def main() -> None:
         if not a["located_seeds"]:
             return "n/a"
         heads = ", ".join(f"{h} ({m})" for h, m in a["storage_heads"].items())
-        cosines = "; ".join(f"matched cosine {e['matched']:.2f} vs unrelated {e['null']:.2f}" for e in a["entries"]
-                            if "matched" in e)
-        return (", ".join(f"{v} ({m})" for v, m in a["entry"].items()) + (f"; storage head {heads}" if heads else "")
-                + (f" ({cosines})" if cosines else ""))
+        cosines = "; ".join(f"{e['matched']:.2f} vs {e['null']:.2f}" for e in a["entries"] if "matched" in e)
+        keys = "; ".join(f"{e['key_matched']:.2f} vs {e['key_null']:.2f}" for e in a["entries"] if "key_matched" in e)
+        return ("writes " + ", ".join(f"{v} ({m})" for v, m in a["entry"].items())
+                + (f" (matched cosine vs unrelated per seed: {cosines})" if cosines else "")
+                + "; read keys " + ", ".join(f"{v} ({m})" for v, m in a["key_entry"].items())
+                + (f" ({keys})" if keys else "") + (f"; storage head {heads}" if heads else ""))
 
     rows = []
     for key, a in aggregates.items():
@@ -264,7 +271,8 @@ def main() -> None:
                      where(a), entry(a)])
     results_table = table(["cell/cure", "held-out reverse, pooled k/n [Clopper-Pearson]", "behaviour line",
                            "among held-out answers only", "steps to fit [t]", "forward_only accuracy kept/lost",
-                           "where the reverse path forms", "entry (entry_sharing per seed)"], rows)
+                           "where the reverse path forms", "entry: writes and read keys (entry_sharing per seed)"],
+                          rows)
     # what starving the subject or the answer does to each cure: paired by seed (a seed fixes the base facts)
     starvation = {}
     for cure in args.cures:

@@ -94,7 +94,8 @@ EXPECTED_OUTPUT = {
         r"^masked_causal\s+\d+\s+1 \[0\.7\d+, 1\]\s+1\.00",
         r"^masked_causal: prompt \['<bos>', 'b\d+', '<-', '\[mask\]'\]; localize restores \['attn_out L0 @\[mask\]'",
         r"^masked_causal: forward entry reused by the reverse path\? .* -> (shared|distinct|undetermined)$",
-        r"^  L0H\d: matched cosine \S+ \[\S+, \S+\] over 12 facts; unrelated pairs",
+        r"^  L0H\d: writes: matched cosine \S+ \[\S+, \S+\] over 12 facts; unrelated pairs .*; read keys: matched "
+        r"cosine \S+, unrelated \S+; matched minus null: .* -> (shared|distinct|undetermined)$",
     ],
 }
 

@@ -7,16 +7,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from revinterp.analysis.entries import entry_sharing, head_writes
+from revinterp.analysis.entries import entry_sharing, head_read_keys, head_writes
 from revinterp.data import seed_experiment
 from revinterp.data.tokenizer import encode_words
 from revinterp.models import ModelConfig, build_model, config_for_data, tokenizer_for
 
 
-def _planted(shared: bool):
-    """Attention-only, one layer, one head, no norm, one-hot embeddings and unembeddings, uniform attention. Value
-    direction k stores fact k. Shared: both a_k and b_k map to direction k, which W_O writes as u(b_k) + u(a_k).
-    Distinct: a_k maps to direction k (written as u(b_k)), b_k to direction 64 + k (written as u(a_k))."""
+def _planted(shared: bool, keys: bool = True):
+    """Attention-only, one layer, one head, no norm, one-hot embeddings and unembeddings, uniform attention (W_Q = 0).
+    Value direction k stores fact k. Shared: both a_k and b_k map to direction k, which W_O writes as u(b_k) + u(a_k).
+    Distinct: a_k maps to direction k (written as u(b_k)), b_k to direction 64 + k (written as u(a_k)). The keys
+    (``keys``; they leave the uniform attention as it is) follow the values: W_K = W_V."""
     facts = seed_experiment(40, seed=2, held_out_direction="forward")
     tok = tokenizer_for(facts)
     config = config_for_data(ModelConfig(n_layers=1, d_model=128, n_heads=1, attn_only=True,
@@ -42,6 +43,8 @@ def _planted(shared: bool):
     assert max(s.fact for s in facts.statements) < 64
     state["blocks.0.attn.v.weight"] = w_v.T.contiguous()
     state["blocks.0.attn.o.weight"] = w_o.T.contiguous()
+    if keys:
+        state["blocks.0.attn.k.weight"] = w_v.T.contiguous()
     model.load_state_dict(state)
     model.eval()
     return model, facts, tok
@@ -67,6 +70,9 @@ def test_shared_entry_is_shared():
     mean, low, high = head.null_range()
     assert high < 0.5 and abs(mean) < 0.1
     assert result.verdict == "shared" and head.verdict == "shared"
+    # the read key: (k(<bos>) + k(subject) + k(relation)) / 3 = e_fact / 3 both ways, centred over facts
+    assert torch.allclose(head.key_matched, torch.ones_like(head.key_matched), atol=1e-5)
+    assert abs(head.key_null_mean()) < 0.1 and result.key_verdict == "shared"
     numbers = result.to_numbers()
     assert numbers["verdict"] == "shared" and numbers["heads"][0]["n_facts"] == len(facts.split("reverse_held_out"))
     assert "-> shared" in result.summary()
@@ -79,6 +85,26 @@ def test_independent_entries_are_distinct():
     head = result.heads[(0, 0)]
     assert head.matched.abs().max() < 0.2  # orthogonal writes: u(b_i) against u(a_i), centred
     assert result.verdict == "distinct", result.summary()
+    assert head.key_matched.abs().max() < 1e-6 and result.key_verdict == "distinct"  # keys in orthogonal subspaces
+
+
+def test_read_keys_equal_the_attention_weighted_keys_by_hand():
+    model, facts, tok = _planted(shared=False)
+    statements = facts.split("reverse_held_out")[:3]
+    keys = head_read_keys(model, facts, statements, tok)[0, 0]
+    for s, key in zip(statements, keys):
+        b = encode_words(tok, [s.subject])[0]  # the reverse statement's subject b_k: key e_{64 + k} over 3 positions
+        expected = torch.zeros_like(key)
+        expected[64 + s.fact] = 1 / 3
+        assert torch.allclose(key, expected, atol=1e-6), (b, key.nonzero())
+
+
+def test_keys_that_do_not_vary_with_the_fact_leave_the_key_verdict_undetermined():
+    model, facts, tok = _planted(shared=True, keys=False)  # W_K = 0: every read key is zero
+    result = entry_sharing(model, facts, tokenizer=tok)
+    head = result.heads[(0, 0)]
+    assert result.verdict == "shared" and head.key_test is None and result.key_verdict == "undetermined"
+    assert "keys do not vary with the fact" in result.summary()
 
 
 def test_a_forward_split_is_refused():

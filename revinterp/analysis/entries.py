@@ -19,6 +19,12 @@ a margin of :data:`SHARING_MARGIN` (0.1 of cosine):
 - ``"shared"``: ``d`` is different from zero and positive;
 - ``"distinct"``: ``d`` is equivalent to zero (matched writes are as unrelated as unrelated facts' writes);
 - ``"undetermined"``: neither (too few facts, or a negative difference).
+
+The same test runs on what the head reads: its read key at the answer position, ``kappa_h = sum_s A_h[answer, s]
+k_h[s]`` (the prompt's keys weighted by the head's attention; ``kappa(a_i ->)`` forward, ``kappa(b_i <-)`` reverse),
+centred over the facts of each direction. One entry reached from either entity gives matched keys (``"shared"``);
+an entity-specific key per direction gives ``"distinct"``; keys that do not vary with the fact give
+``"undetermined"``.
 """
 
 from __future__ import annotations
@@ -39,7 +45,8 @@ from revinterp.stats import Equivalence, Estimate, bootstrap_ci, equivalence_tes
 SHARING_MARGIN = 0.1
 SHARING_VERDICTS = ("shared", "distinct", "undetermined")
 
-__all__ = ["SHARING_MARGIN", "SHARING_VERDICTS", "EntrySharing", "HeadSharing", "entry_sharing", "head_writes"]
+__all__ = ["SHARING_MARGIN", "SHARING_VERDICTS", "EntrySharing", "HeadSharing", "entry_sharing", "head_read_keys",
+           "head_writes"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,9 @@ class HeadSharing:
     cosine: Float[Tensor, "fact fact"]
     test: Equivalence
     verdict: str
+    key_cosine: Float[Tensor, "fact fact"]
+    key_test: Equivalence | None
+    key_verdict: str
 
     @property
     def label(self) -> str:
@@ -76,18 +86,33 @@ class HeadSharing:
         null = self.null.double()
         return null.mean().item(), torch.quantile(null, 0.025).item(), torch.quantile(null, 0.975).item()
 
+    @property
+    def key_matched(self) -> Tensor:
+        return self.key_cosine.diagonal()
+
+    def key_null_mean(self) -> float:
+        n = self.key_cosine.shape[0]
+        return (self.key_cosine.double().sum() - self.key_matched.double().sum()).item() / (n * (n - 1))
+
     def to_numbers(self) -> dict:
         mean, low, high = self.null_range()
         return {"head": self.label, "n_facts": int(self.cosine.shape[0]),
                 "matched_cosine": self.matched_estimate().to_dict(), "matched_cosine_per_fact": self.matched.tolist(),
                 "null_mean": mean, "null_2.5%": low, "null_97.5%": high, "difference_tost": self.test.to_dict(),
-                "verdict": self.verdict}
+                "verdict": self.verdict, "key_matched_cosine": bootstrap_ci(self.key_matched.double()).to_dict(),
+                "key_null_mean": self.key_null_mean(),
+                "key_difference_tost": None if self.key_test is None else self.key_test.to_dict(),
+                "key_verdict": self.key_verdict}
 
     def summary(self) -> str:
         mean, low, high = self.null_range()
-        return (f"{self.label}: matched cosine {self.matched_estimate()} over {self.cosine.shape[0]} facts; unrelated "
-                f"pairs {mean:.3f} (95% range [{low:.3f}, {high:.3f}]); matched minus null: {self.test.verdict} "
-                f"(margin {SHARING_MARGIN}) -> {self.verdict}")
+        keys = ("keys do not vary with the fact" if self.key_test is None else
+                f"{self.key_test.verdict}")
+        return (f"{self.label}: writes: matched cosine {self.matched_estimate()} over {self.cosine.shape[0]} facts; "
+                f"unrelated pairs {mean:.3f} (95% range [{low:.3f}, {high:.3f}]); matched minus null: "
+                f"{self.test.verdict} (margin {SHARING_MARGIN}) -> {self.verdict}; read keys: matched cosine "
+                f"{self.key_matched.double().mean().item():.3f}, unrelated {self.key_null_mean():.3f}; matched minus "
+                f"null: {keys} -> {self.key_verdict}")
 
 
 @dataclass(frozen=True)
@@ -102,14 +127,21 @@ class EntrySharing:
 
     @property
     def verdict(self) -> str:
-        """The verdict of the storage head (largest entry on the reverse split); "undetermined" without one."""
+        """The write verdict of the storage head (largest entry on the reverse split); "undetermined" without one."""
         head = self.storage.storage_head
         return self.heads[head].verdict if head in self.heads else "undetermined"
+
+    @property
+    def key_verdict(self) -> str:
+        """The read-key verdict of the storage head; "undetermined" without one."""
+        head = self.storage.storage_head
+        return self.heads[head].key_verdict if head in self.heads else "undetermined"
 
     def to_numbers(self) -> dict:
         return {"reverse_split": self.reverse_split, "storage_head": self.storage.head_label(),
                 "storage_heads": [f"L{a}H{b}" for a, b in self.storage.storage_heads], "margin": SHARING_MARGIN,
-                "verdict": self.verdict, "heads": [h.to_numbers() for h in self.heads.values()]}
+                "verdict": self.verdict, "key_verdict": self.key_verdict,
+                "heads": [h.to_numbers() for h in self.heads.values()]}
 
     def summary(self) -> str:
         lines = [f"forward entry reused by the reverse path? ({self.reverse_split}, {len(self.reverse_statements)} "
@@ -133,17 +165,51 @@ def _projection(model, facts: FactSet, relations: Sequence[str], tokenizer) -> T
     return u[:, s > s.max() * 1e-6].to(w_u.dtype)
 
 
-def head_writes(model, facts: FactSet, statements: Sequence[Statement], tokenizer) -> Float[Tensor, "layer head s d"]:
-    """Each head's write ``z_h[answer] W_O^h`` at the answer position of each statement's prompt."""
+def _prompt_cache(model, facts: FactSet, statements: Sequence[Statement], tokenizer, hooks: tuple[str, ...],
+                  operation: str):
+    """The activations ``blocks.*.attn.<hook>`` of each statement's prompt (one length, ending at the answer)."""
     encoded = encode_statements(facts, statements, tokenizer)
     length = int(encoded.prompt_lengths[0])
     if bool((encoded.prompt_lengths != length).any()):
-        raise ValueError("head_writes needs prompts of one length (single-token subjects and relations)")
+        raise ValueError(f"{operation} needs prompts of one length (single-token subjects and relations)")
     tokens = encoded.tokens[:, :length].to(next(model.parameters()).device)
     with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("attn.hook_z"))
-        return torch.stack([torch.einsum("shd,hde->hse", cache[f"blocks.{layer}.attn.hook_z"][:, -1],
-                                         model.blocks[layer].attn.W_O) for layer in range(model.cfg.n_layers)])
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.rsplit(".", 1)[-1] in hooks)
+    return cache
+
+
+def head_writes(model, facts: FactSet, statements: Sequence[Statement], tokenizer) -> Float[Tensor, "layer head s d"]:
+    """Each head's write ``z_h[answer] W_O^h`` at the answer position of each statement's prompt."""
+    cache = _prompt_cache(model, facts, statements, tokenizer, ("hook_z",), "head_writes")
+    return torch.stack([torch.einsum("shd,hde->hse", cache[f"blocks.{layer}.attn.hook_z"][:, -1],
+                                     model.blocks[layer].attn.W_O) for layer in range(model.cfg.n_layers)])
+
+
+def head_read_keys(model, facts: FactSet, statements: Sequence[Statement],
+                   tokenizer) -> Float[Tensor, "layer head s d_head"]:
+    """Each head's read key ``sum_s A_h[answer, s] k_h[s]`` at the answer position of each statement's prompt."""
+    cache = _prompt_cache(model, facts, statements, tokenizer, ("hook_k", "hook_pattern"), "head_read_keys")
+    return torch.stack([torch.einsum("shp,sphd->hsd", cache[f"blocks.{layer}.attn.hook_pattern"][:, :, -1],
+                                     cache[f"blocks.{layer}.attn.hook_k"]) for layer in range(model.cfg.n_layers)])
+
+
+def _matched_against_null(cosine: Tensor) -> tuple[Equivalence, str]:
+    """The TOST of ``d_i = cos(i, i) - mean_{j != i} cos(i, j)`` against :data:`SHARING_MARGIN`, and its verdict."""
+    n = cosine.shape[0]
+    difference = cosine.diagonal() - (cosine.sum(1) - cosine.diagonal()) / (n - 1)
+    test = equivalence_test(difference, SHARING_MARGIN)
+    if test.verdict == "different from zero" and difference.mean() > 0:
+        return test, "shared"
+    return test, "distinct" if test.verdict == "equivalent to zero" else "undetermined"
+
+
+def _centred_directions(x: Tensor) -> Tensor | None:
+    """Unit rows of ``x`` centred over its rows; None when the rows do not vary (nothing to compare)."""
+    centred = x.double() - x.double().mean(0)
+    norms = centred.norm(dim=-1)
+    if not bool((norms > 1e-6 * max(x.double().norm(dim=-1).max().item(), 1e-30)).all()):
+        return None
+    return centred / norms[:, None]
 
 
 def entry_sharing(model_or_run, facts: FactSet | None = None, *, reverse_split: str = "reverse_held_out",
@@ -175,20 +241,21 @@ def entry_sharing(model_or_run, facts: FactSet | None = None, *, reverse_split: 
     basis = _projection(model, facts, sorted({s.relation for s in [*forward, *reverse]}), tokenizer)
     w_f = head_writes(model, facts, forward, tokenizer) @ basis  # [layer, head, fact, k]
     w_r = head_writes(model, facts, reverse, tokenizer) @ basis
+    k_f = head_read_keys(model, facts, forward, tokenizer)  # [layer, head, fact, d_head]
+    k_r = head_read_keys(model, facts, reverse, tokenizer)
     result = {}
     for layer, h in chosen:
         f = torch.nn.functional.normalize(w_f[layer, h].double(), dim=-1)
         r = torch.nn.functional.normalize(w_r[layer, h].double(), dim=-1)
         cosine = f @ r.T  # [fact i (forward), fact j (reverse)]
-        n = cosine.shape[0]
-        difference = cosine.diagonal() - (cosine.sum(1) - cosine.diagonal()) / (n - 1)
-        test = equivalence_test(difference, SHARING_MARGIN)
-        if test.verdict == "different from zero" and difference.mean() > 0:
-            verdict = "shared"
-        elif test.verdict == "equivalent to zero":
-            verdict = "distinct"
+        test, verdict = _matched_against_null(cosine)
+        keys_f, keys_r = _centred_directions(k_f[layer, h]), _centred_directions(k_r[layer, h])
+        if keys_f is None or keys_r is None:
+            key_cosine, key_test, key_verdict = torch.zeros_like(cosine), None, "undetermined"
         else:
-            verdict = "undetermined"
-        result[(layer, h)] = HeadSharing(head=(layer, h), cosine=cosine.float(), test=test, verdict=verdict)
+            key_cosine = keys_f @ keys_r.T
+            key_test, key_verdict = _matched_against_null(key_cosine)
+        result[(layer, h)] = HeadSharing(head=(layer, h), cosine=cosine.float(), test=test, verdict=verdict,
+                                         key_cosine=key_cosine.float(), key_test=key_test, key_verdict=key_verdict)
     return EntrySharing(storage=found, heads=result, forward_statements=tuple(forward),
                         reverse_statements=tuple(reverse), reverse_split=reverse_split)
