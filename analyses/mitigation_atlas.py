@@ -28,12 +28,11 @@ split); the cost: steps to the first fitted evaluation (mean and Student's t int
 accuracy kept or lost (``forward_only``, pooled, against ``none``). Where the held-out reverse answer is above chance
 in a run: where it is carried (``localize(target=0.8)`` on the held-out reverse prompt pairs: sites chosen on half
 the pairs, recovery measured on the other half; the strongest attention output of the denoising sweep), through which
-edges (causal models: ``find_circuit`` as the pipeline runs it, found on half the pairs, its recovery measured on the
-other half) and whether the storage head's entry is the forward one (``revinterp.analysis.entries.entry_sharing``:
-the cosine of the projected forward and reverse writes, and of the read keys, per fact against unrelated facts, TOST
-at margin 0.1).
-Bidirectional models are patched with TransformerLens's reference sweep (the fast path assumes causal attention).
-Runs are trained and analysed as Ray tasks (``Study.train_all``, ``Study.on_ray``).
+edges (``find_circuit`` as the pipeline runs it, found on half the pairs, its recovery measured on the other half)
+and whether the storage head's entry is the forward one (``revinterp.analysis.entries.entry_sharing``: the cosine of
+the projected forward and reverse writes, and of the read keys, per fact against unrelated facts, TOST at margin
+0.1). Bidirectional models are patched with TransformerLens's reference sweep (the fast path assumes causal
+attention). Runs are trained and analysed as Ray tasks (``Study.train_all``, ``Study.on_ray``).
 """
 
 from __future__ import annotations
@@ -85,15 +84,12 @@ def reverse_path(run, objective: str) -> dict:
                recovered=None if recovered is None else recovered.mean,
                top_attn=sweeps["attn_out"].top(1)[0][0].label(pairs.labels),
                top_mlp=sweeps["mlp_out"].top(1)[0][0].label(pairs.labels))
-    if ATTENTION[objective] != "causal":
-        out["circuit"] = dict(skipped="edge patching runs causal models")
-    else:  # the pipeline's circuit search, on the held-out reverse pairs
-        try:
-            circuit = find_circuit(run.model, pairs, max_edges=CIRCUIT_MAX_EDGES, n_candidates=CIRCUIT_CANDIDATES)
-            out["circuit"] = dict(edges=[e.label(circuit.labels) for e in circuit.edges],
-                                  recovered=circuit.recovered().mean, n_evaluation=circuit.n_evaluation)
-        except ValueError as e:  # e.g. fewer than four pairs
-            out["circuit"] = dict(skipped=str(e))
+    try:  # the pipeline's circuit search, on the held-out reverse pairs
+        circuit = find_circuit(run.model, pairs, max_edges=CIRCUIT_MAX_EDGES, n_candidates=CIRCUIT_CANDIDATES)
+        out["circuit"] = dict(edges=[e.label(circuit.labels) for e in circuit.edges],
+                              recovered=circuit.recovered().mean, n_evaluation=circuit.n_evaluation)
+    except ValueError as e:  # e.g. fewer than four pairs
+        out["circuit"] = dict(skipped=str(e))
     try:
         sharing = entry_sharing(run.model, facts, reverse_split=HELD, tokenizer=run.tokenizer)
         head = sharing.heads.get(sharing.storage.storage_head)
@@ -243,7 +239,7 @@ def main() -> None:
         nodes = (f"localize ({a['located_seeds']} seeds): {chosen}; recovers {est(a['recovered'])}; top attention "
                  + ", ".join(f"{s} ({m})" for s, m in a["top_attn"].items()))
         if not a["circuit_seeds"]:
-            return nodes + "; edges: not searched (" + "; ".join(a["circuit_skipped"]) + ")"
+            return nodes + "; edges: not found (" + "; ".join(a["circuit_skipped"]) + ")"
         common_edges = sorted(a["circuit_edges"].items(), key=lambda x: -x[1])[:3]
         return (nodes + f"; edge circuit ({a['circuit_seeds']} seeds): {est(a['circuit_size'], 2)} edges, held-out "
                 f"recovery {est(a['circuit_recovered'])}, most often "
@@ -317,8 +313,7 @@ def main() -> None:
     notes.append("Not run here: the pipeline's own analysis stages (`Study.analyze_all`; `revinterp run --objective` "
                  "runs them on one run, a masked objective's forward stage on its query prompts); the path, edge and "
                  "entry columns are this script's own, on the held-out reverse prompts through each objective's "
-                 "query (`objectives.query_facts`). Edges are searched in causal models only (edge patching applies "
-                 "the causal mask): the bidirectional `mlm_u` and `blank_infilling` have nodes and entries, no edges.")
+                 "query (`objectives.query_facts`).")
     if starvation:
         results_table += ["", "Starving the subject or the answer, per cure (paired by seed: a seed fixes the base "
                               "facts):", "", *starvation_table]

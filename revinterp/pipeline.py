@@ -357,9 +357,6 @@ def measure_circuit(run, pairs, out: StageResult) -> dict:
     if len(pairs) < 8:
         raise Skip("fewer than eight prompt pairs (a circuit is found on half and measured on the other half)",
                    n_pairs=len(pairs))
-    if run.config.attention_dir != "causal":
-        raise Skip("edge patching runs causal models (its masked forward applies the causal mask)",
-                   attention_dir=run.config.attention_dir)
     circuit = find_circuit(run.model, pairs, max_edges=CIRCUIT_MAX_EDGES, n_candidates=CIRCUIT_CANDIDATES)
     out.figure("circuit", "The forward circuit: edges found on half the pairs (width = effect)", circuit.plot())
     return circuit.to_numbers()

@@ -101,9 +101,25 @@ def _hooked(model, pairs, edge: Edge, hook_name: str):
     return logit_diff(logits[:, -1], pairs.clean_answer, pairs.corrupted_answer)
 
 
-def test_mlp_and_logits_edges_equal_hook_interventions(random_model, random_pairs):
-    model, _, _ = random_model
-    pairs = random_pairs
+@pytest.fixture(scope="module", params=["causal", "bidirectional"])
+def any_attention(request, random_model, random_pairs):
+    """The random model and its pairs, and a bidirectional one (an MLM-U model's attention) on the same pairs."""
+    if request.param == "causal":
+        return random_model[0], random_pairs
+    model, _, _ = _random_model(attention_dir="bidirectional")
+    assert not torch.allclose(model(random_pairs.clean), random_model[0](random_pairs.clean))  # it attends ahead
+    return model, random_pairs
+
+
+def test_unmasked_graph_forward_is_the_model_with_either_attention(any_attention):
+    model, pairs = any_attention
+    with torch.no_grad():
+        logits, _, _ = _Graph(model).record(pairs.clean)
+        assert torch.allclose(logits, model(pairs.clean)[:, -1], atol=1e-5)
+
+
+def test_mlp_and_logits_edges_equal_hook_interventions(any_attention):
+    model, pairs = any_attention
     subject, answer = 1, pairs.answer_position
     cases = [
         (Edge(Node("head", 0, 1), Node("mlp", 1), answer), "blocks.1.ln2.hook_in"),
@@ -118,9 +134,8 @@ def test_mlp_and_logits_edges_equal_hook_interventions(random_model, random_pair
         assert (result.values[i] - result.corrupted).abs().max() > 1e-4, edge.label()
 
 
-def test_all_edges_together_give_back_the_total_effect(random_model, random_pairs):
-    model, _, _ = random_model
-    pairs = random_pairs
+def test_all_edges_together_give_back_the_total_effect(any_attention):
+    model, pairs = any_attention
     edges = all_edges(model, pairs.clean.shape[1])
     clean_writes = sender_writes(model, pairs.clean)
     restored = masked_logits(model, pairs.corrupted, clean_writes, edges)
@@ -182,9 +197,6 @@ def test_bad_edges_are_refused(random_model, random_pairs):
     assert all(e.receiver.kind != "mlp" and e.sender.kind != "mlp" for e in all_edges(attn_only, 3))
     with pytest.raises(ValueError, match="no GPT-2 equivalent"):
         gpt2_bridge(attn_only)
-    bidirectional, _, _ = _random_model(attention_dir="bidirectional")  # the masked forward is causal: refused
-    with pytest.raises(ValueError, match="causal models; got attention_dir='bidirectional'"):
-        edge_sweep(bidirectional, pairs, [Edge(Node("head", 0, 0), Node("logits"))])
 
 
 def test_default_preset_edges_cover_the_graph():

@@ -109,8 +109,9 @@ for name, (data, objective) in cures.items():
 # read: the relation token for reverse training, the `[mask]` token for the masked objective. `entry_sharing`
 # then asks whether the head that stores the held-out reverse answer writes, for each fact, the same direction as
 # for its forward statement (the cosine of the projected writes, against unrelated facts), and whether it reads
-# the fact with the same key both ways (its attention-weighted key): both verdicts for each cure are printed above. On this tiny model with 12 facts the test is weak; `analyses/mitigation_atlas.py`
-# measures every cure over seeds at the default preset.
+# the fact with the same key both ways (its attention-weighted key): both verdicts for each cure are printed
+# above. On this tiny model with 12 facts the test is weak; `analyses/mitigation_atlas.py` measures every cure over
+# seeds at the default preset.
 
 # %%
 shutil.rmtree(workdir)

@@ -195,8 +195,9 @@ class _Graph:
             raise ValueError(f"edge patching runs on TransformerBridge.boot_native models; got {attention} attention")
         if cfg.positional_embedding_type == "rotary":
             raise ValueError("edge patching supports positional_embedding_type='standard'; got 'rotary'")
-        if cfg.attention_dir != "causal":  # the masked forward applies the causal mask itself
-            raise ValueError(f"edge patching runs causal models; got attention_dir={cfg.attention_dir!r}")
+        if cfg.attention_dir not in ("causal", "bidirectional"):
+            raise ValueError(f"edge patching runs causal or bidirectional attention; got attention_dir="
+                             f"{cfg.attention_dir!r}")
         if cfg.n_key_value_heads not in (None, cfg.n_heads):
             raise ValueError(f"edge patching needs one key/value head per head; got n_key_value_heads="
                              f"{cfg.n_key_value_heads}")
@@ -247,8 +248,11 @@ class _Graph:
                 q, k, v = (self._project(getattr(attn, name).original_component, h[:, :, i * self.H:(i + 1) * self.H])
                            for i, name in enumerate(("q", "k", "v")))
             scores = torch.matmul(q.transpose(1, 2), k.transpose(1, 2).transpose(-2, -1)) / attn.scale
-            causal = attn.causal_mask[:n_pos, :n_pos]
-            pattern = torch.softmax(scores.masked_fill(causal, float("-inf")), dim=-1).masked_fill(causal, 0.0)
+            if attn.causal:  # as NativeAttention masks
+                future = attn.causal_mask[:n_pos, :n_pos]
+                pattern = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1).masked_fill(future, 0.0)
+            else:  # bidirectional (an MLM-U model): every position attends to every position
+                pattern = torch.softmax(scores, dim=-1)
             z = torch.matmul(pattern, v.transpose(1, 2)).transpose(1, 2).contiguous()  # [batch, pos, head, d_head]
             w_o = attn.o.original_component.weight.view(cfg.d_model, self.H, self.dh)
             writes += list(torch.einsum("bphe,dhe->bphd", z, w_o).unbind(2))
