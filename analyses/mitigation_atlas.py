@@ -12,7 +12,8 @@ and recomputes the aggregates, figure and summary over all of them; with another
 
 Base data per seed: ``seed_experiment(n_pairs, held_out_direction="forward")`` (every one-way fact trained
 forward, its reverse ``<bos> b_i <-`` held out), in the starvation cells of ``--cells``
-(``revinterp.data.starvation_cell``; ``none`` is the seed data). Cures, one run per cell and seed:
+(``revinterp.data.starvation_cell``: ``none`` is the seed data, ``subject`` feeds every subject as the input of an
+unrelated trained fact, ``answer`` every answer as the target of one, ``both`` both). Cures, one run per cell and seed:
 
 - ``none``: next-token answer loss on the base data;
 - data cures: ``reverse_entity`` (reverse training), ``permute`` (semantic-unit permutation), ``identity_bridge``
@@ -269,8 +270,8 @@ def main() -> None:
                            "among held-out answers only", "steps to fit [t]", "forward_only accuracy kept/lost",
                            "where the reverse path forms", "entry: writes and read keys (entry_sharing per seed)"],
                           rows)
-    # what starving the subject or the answer does to each cure: paired by seed (a seed fixes the base facts)
-    starvation = {}
+    # what feeding the subject or the answer does to each cure: paired by seed (a seed fixes the base facts)
+    feeding = {}
     for cure in args.cures:
         reference = {r["seed"]: r["held"]["k"] / r["held"]["n"] for r in per_seed.get(f"none/{cure}", [])}
         for cell in cells:
@@ -278,13 +279,13 @@ def main() -> None:
                 continue
             by_seed = {r["seed"]: r["held"]["k"] / r["held"]["n"] - reference[r["seed"]]
                        for r in per_seed[f"{cell}/{cure}"] if r["seed"] in reference}
-            starvation[f"{cell}/{cure}"] = dict(per_seed=by_seed, difference=ci(list(by_seed.values())))
-    for key, change in starvation.items():
+            feeding[f"{cell}/{cure}"] = dict(per_seed=by_seed, difference=ci(list(by_seed.values())))
+    for key, change in feeding.items():
         aggregates[key]["held_out_change_vs_none"] = change
-    starvation_table = table(
+    feeding_table = table(
         ["cell/cure", "held-out reverse accuracy minus the `none` cell's, per seed", "mean [t over seeds]"],
         [[key, ", ".join(f"{d:+.3f}" for d in v["per_seed"].values()), est(v["difference"])]
-         for key, v in starvation.items()])
+         for key, v in feeding.items()])
 
     findings = []
     for key, a in aggregates.items():
@@ -292,11 +293,12 @@ def main() -> None:
                         f"behaviour line {a['held']['finding']}: {a['held']['evidence']}); {where(a)}; entry: "
                         f"{entry(a)}.")
     for direction, sign in (("lowers", -1), ("raises", 1)):
-        moved = [f"`{k}` ({est(d)})" for k, d in ((k, v["difference"]) for k, v in starvation.items())
+        moved = [f"`{k}` ({est(d)})" for k, d in ((k, v["difference"]) for k, v in feeding.items())
                  if math.isfinite(d.low) and min(sign * d.low, sign * d.high) > 0]
-        if starvation:
-            findings.append(f"Starvation {direction} held-out reverse accuracy against the `none` cell (paired by "
-                            "seed, t interval excluding 0) in: " + (", ".join(moved) or "no cell and cure") + ".")
+        if feeding:
+            findings.append(f"Feeding {direction} held-out reverse accuracy against the `none` cell (nothing fed; "
+                            "paired by seed, t interval excluding 0) in: " + (", ".join(moved) or "no cell and cure")
+                            + ".")
     lifted = [k for k, a in aggregates.items() if a["held"]["finding"] == "present"]
     findings.append("Cures with held-out reverse above chance: " + (", ".join(f"`{k}`" for k in lifted) or "none")
                     + ".")
@@ -314,9 +316,9 @@ def main() -> None:
                  "runs them on one run, a masked objective's forward stage on its query prompts); the path, edge and "
                  "entry columns are this script's own, on the held-out reverse prompts through each objective's "
                  "query (`objectives.query_facts`).")
-    if starvation:
-        results_table += ["", "Starving the subject or the answer, per cure (paired by seed: a seed fixes the base "
-                              "facts):", "", *starvation_table]
+    if feeding:
+        results_table += ["", "Feeding the subject (`subject`), the answer (`answer`) or both, per cure, against the "
+                              "`none` cell (paired by seed: a seed fixes the base facts):", "", *feeding_table]
     study.finish(config=config, per_seed=per_seed, aggregates=aggregates, results_table=results_table,
                  findings=findings, notes=notes)
 
