@@ -297,8 +297,8 @@ def main() -> None:
                  if math.isfinite(d.low) and min(sign * d.low, sign * d.high) > 0]
         if feeding:
             findings.append(f"Feeding {direction} held-out reverse accuracy against the `none` cell (nothing fed; "
-                            "paired by seed, t interval excluding 0) in: " + (", ".join(moved) or "no cell and cure")
-                            + ".")
+                            f"paired by seed, 95 % t interval excluding 0; {len(feeding)} comparisons, not corrected "
+                            "for multiplicity) in: " + (", ".join(moved) or "no cell and cure") + ".")
     lifted = [k for k, a in aggregates.items() if a["held"]["finding"] == "present"]
     findings.append("Cures with held-out reverse above chance: " + (", ".join(f"`{k}`" for k in lifted) or "none")
                     + ".")
