@@ -98,8 +98,9 @@ def reverse_path(run, objective: str) -> dict:
                             storage_head=sharing.storage.head_label(),
                             **({} if head is None else dict(matched=head.matched_estimate().mean,
                                                             null=head.null_range()[0],
-                                                            key_matched=head.key_matched.double().mean().item(),
-                                                            key_null=head.key_null_mean())))
+                                                            **({} if head.key_cosine is None else dict(
+                                                                key_matched=head.key_matched.double().mean().item(),
+                                                                key_null=head.key_null_mean())))))
     except ValueError as e:  # e.g. fewer than three held-out facts, prompts of several lengths
         out["entry"] = dict(verdict="not run", reason=str(e))
     return out

@@ -104,6 +104,9 @@ def test_keys_that_do_not_vary_with_the_fact_leave_the_key_verdict_undetermined(
     result = entry_sharing(model, facts, tokenizer=tok)
     head = result.heads[(0, 0)]
     assert result.verdict == "shared" and head.key_test is None and result.key_verdict == "undetermined"
+    assert head.key_cosine is None and head.key_null_mean() is None  # no placeholder numbers
+    assert result.to_numbers()["heads"][0]["key_matched_cosine"] is None
+    assert not head_writes(model, facts, facts.split("reverse_held_out")[:2], tok).requires_grad
     assert "keys do not vary with the fact" in result.summary()
 
 

@@ -60,7 +60,7 @@ class HeadSharing:
     cosine: Float[Tensor, "fact fact"]
     test: Equivalence
     verdict: str
-    key_cosine: Float[Tensor, "fact fact"]
+    key_cosine: Float[Tensor, "fact fact"] | None
     key_test: Equivalence | None
     key_verdict: str
 
@@ -87,10 +87,13 @@ class HeadSharing:
         return null.mean().item(), torch.quantile(null, 0.025).item(), torch.quantile(null, 0.975).item()
 
     @property
-    def key_matched(self) -> Tensor:
-        return self.key_cosine.diagonal()
+    def key_matched(self) -> Tensor | None:
+        """Matched read-key cosines; None where the keys do not vary with the fact (nothing was compared)."""
+        return None if self.key_cosine is None else self.key_cosine.diagonal()
 
-    def key_null_mean(self) -> float:
+    def key_null_mean(self) -> float | None:
+        if self.key_cosine is None:
+            return None
         n = self.key_cosine.shape[0]
         return (self.key_cosine.double().sum() - self.key_matched.double().sum()).item() / (n * (n - 1))
 
@@ -99,20 +102,22 @@ class HeadSharing:
         return {"head": self.label, "n_facts": int(self.cosine.shape[0]),
                 "matched_cosine": self.matched_estimate().to_dict(), "matched_cosine_per_fact": self.matched.tolist(),
                 "null_mean": mean, "null_2.5%": low, "null_97.5%": high, "difference_tost": self.test.to_dict(),
-                "verdict": self.verdict, "key_matched_cosine": bootstrap_ci(self.key_matched.double()).to_dict(),
+                "verdict": self.verdict,
+                "key_matched_cosine": None if self.key_cosine is None else bootstrap_ci(
+                    self.key_matched.double()).to_dict(),
                 "key_null_mean": self.key_null_mean(),
                 "key_difference_tost": None if self.key_test is None else self.key_test.to_dict(),
                 "key_verdict": self.key_verdict}
 
     def summary(self) -> str:
         mean, low, high = self.null_range()
-        keys = ("keys do not vary with the fact" if self.key_test is None else
-                f"{self.key_test.verdict}")
+        keys = ("keys do not vary with the fact" if self.key_cosine is None else
+                f"matched cosine {self.key_matched.double().mean().item():.3f}, unrelated {self.key_null_mean():.3f}; "
+                f"matched minus null: {self.key_test.verdict}")
         return (f"{self.label}: writes: matched cosine {self.matched_estimate()} over {self.cosine.shape[0]} facts; "
                 f"unrelated pairs {mean:.3f} (95% range [{low:.3f}, {high:.3f}]); matched minus null: "
-                f"{self.test.verdict} (margin {SHARING_MARGIN}) -> {self.verdict}; read keys: matched cosine "
-                f"{self.key_matched.double().mean().item():.3f}, unrelated {self.key_null_mean():.3f}; matched minus "
-                f"null: {keys} -> {self.key_verdict}")
+                f"{self.test.verdict} (margin {SHARING_MARGIN}) -> {self.verdict}; read keys: {keys} -> "
+                f"{self.key_verdict}")
 
 
 @dataclass(frozen=True)
@@ -165,32 +170,40 @@ def _projection(model, facts: FactSet, relations: Sequence[str], tokenizer) -> T
     return u[:, s > s.max() * 1e-6].to(w_u.dtype)
 
 
-def _prompt_cache(model, facts: FactSet, statements: Sequence[Statement], tokenizer, hooks: tuple[str, ...],
-                  operation: str):
-    """The activations ``blocks.*.attn.<hook>`` of each statement's prompt (one length, ending at the answer)."""
+def _prompt_cache(model, facts: FactSet, statements: Sequence[Statement], tokenizer, operation: str):
+    """The attention activations (``hook_z``, ``hook_k``, ``hook_pattern``) of each statement's prompt (one length,
+    ending at the answer)."""
     encoded = encode_statements(facts, statements, tokenizer)
     length = int(encoded.prompt_lengths[0])
     if bool((encoded.prompt_lengths != length).any()):
         raise ValueError(f"{operation} needs prompts of one length (single-token subjects and relations)")
     tokens = encoded.tokens[:, :length].to(next(model.parameters()).device)
     with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.rsplit(".", 1)[-1] in hooks)
+        _, cache = model.run_with_cache(
+            tokens, names_filter=lambda n: n.rsplit(".", 1)[-1] in ("hook_z", "hook_k", "hook_pattern"))
     return cache
+
+
+@torch.no_grad()
+def _writes(model, cache) -> Float[Tensor, "layer head s d"]:
+    return torch.stack([torch.einsum("shd,hde->hse", cache[f"blocks.{layer}.attn.hook_z"][:, -1],
+                                     model.blocks[layer].attn.W_O) for layer in range(model.cfg.n_layers)])
+
+
+def _read_keys(model, cache) -> Float[Tensor, "layer head s d_head"]:
+    return torch.stack([torch.einsum("shp,sphd->hsd", cache[f"blocks.{layer}.attn.hook_pattern"][:, :, -1],
+                                     cache[f"blocks.{layer}.attn.hook_k"]) for layer in range(model.cfg.n_layers)])
 
 
 def head_writes(model, facts: FactSet, statements: Sequence[Statement], tokenizer) -> Float[Tensor, "layer head s d"]:
     """Each head's write ``z_h[answer] W_O^h`` at the answer position of each statement's prompt."""
-    cache = _prompt_cache(model, facts, statements, tokenizer, ("hook_z",), "head_writes")
-    return torch.stack([torch.einsum("shd,hde->hse", cache[f"blocks.{layer}.attn.hook_z"][:, -1],
-                                     model.blocks[layer].attn.W_O) for layer in range(model.cfg.n_layers)])
+    return _writes(model, _prompt_cache(model, facts, statements, tokenizer, "head_writes"))
 
 
 def head_read_keys(model, facts: FactSet, statements: Sequence[Statement],
                    tokenizer) -> Float[Tensor, "layer head s d_head"]:
     """Each head's read key ``sum_s A_h[answer, s] k_h[s]`` at the answer position of each statement's prompt."""
-    cache = _prompt_cache(model, facts, statements, tokenizer, ("hook_k", "hook_pattern"), "head_read_keys")
-    return torch.stack([torch.einsum("shp,sphd->hsd", cache[f"blocks.{layer}.attn.hook_pattern"][:, :, -1],
-                                     cache[f"blocks.{layer}.attn.hook_k"]) for layer in range(model.cfg.n_layers)])
+    return _read_keys(model, _prompt_cache(model, facts, statements, tokenizer, "head_read_keys"))
 
 
 def _matched_against_null(cosine: Tensor) -> tuple[Equivalence, str]:
@@ -239,10 +252,10 @@ def entry_sharing(model_or_run, facts: FactSet | None = None, *, reverse_split: 
                     tokenizer=tokenizer)
     chosen = [tuple(h) for h in (found.storage_heads if heads is None else heads)]
     basis = _projection(model, facts, sorted({s.relation for s in [*forward, *reverse]}), tokenizer)
-    w_f = head_writes(model, facts, forward, tokenizer) @ basis  # [layer, head, fact, k]
-    w_r = head_writes(model, facts, reverse, tokenizer) @ basis
-    k_f = head_read_keys(model, facts, forward, tokenizer)  # [layer, head, fact, d_head]
-    k_r = head_read_keys(model, facts, reverse, tokenizer)
+    forward_cache = _prompt_cache(model, facts, forward, tokenizer, "entry_sharing")
+    reverse_cache = _prompt_cache(model, facts, reverse, tokenizer, "entry_sharing")
+    w_f, w_r = _writes(model, forward_cache) @ basis, _writes(model, reverse_cache) @ basis  # [layer, head, fact, k]
+    k_f, k_r = _read_keys(model, forward_cache), _read_keys(model, reverse_cache)  # [layer, head, fact, d_head]
     result = {}
     for layer, h in chosen:
         f = torch.nn.functional.normalize(w_f[layer, h].double(), dim=-1)
@@ -251,11 +264,11 @@ def entry_sharing(model_or_run, facts: FactSet | None = None, *, reverse_split: 
         test, verdict = _matched_against_null(cosine)
         keys_f, keys_r = _centred_directions(k_f[layer, h]), _centred_directions(k_r[layer, h])
         if keys_f is None or keys_r is None:
-            key_cosine, key_test, key_verdict = torch.zeros_like(cosine), None, "undetermined"
+            key_cosine, key_test, key_verdict = None, None, "undetermined"
         else:
-            key_cosine = keys_f @ keys_r.T
+            key_cosine = (keys_f @ keys_r.T).float()
             key_test, key_verdict = _matched_against_null(key_cosine)
         result[(layer, h)] = HeadSharing(head=(layer, h), cosine=cosine.float(), test=test, verdict=verdict,
-                                         key_cosine=key_cosine.float(), key_test=key_test, key_verdict=key_verdict)
+                                         key_cosine=key_cosine, key_test=key_test, key_verdict=key_verdict)
     return EntrySharing(storage=found, heads=result, forward_statements=tuple(forward),
                         reverse_statements=tuple(reverse), reverse_split=reverse_split)
